@@ -1,0 +1,66 @@
+"""The one event dtype of chiploop, shared by the data reader, client, server and tests.
+
+Events are packed structured numpy arrays, little-endian, no padding, so a batch is
+one contiguous buffer that travels as raw bytes (tonic also uses one structured
+dtype for events everywhere).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chiploop.errors import InvalidArgument
+
+#: A DVS event: sensor column x, row y, polarity p (1 = ON, 0 = OFF), time t in us.
+DVS_EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("p", "u1"), ("t", "<i8")])
+
+#: A spike leaving the chip (or a monitored core): source layer, channel k, row y,
+#: column x (the neuron's own coordinates, before the route's pooling), time t in us.
+CHIP_EVENT_DTYPE = np.dtype(
+    [("layer", "<i2"), ("k", "<i2"), ("y", "<i2"), ("x", "<i2"), ("t", "<i8")]
+)
+
+
+def make_dvs_events(x, y, p, t) -> np.ndarray:
+    """Build a DVS event array from four equal-length sequences."""
+    x = np.asarray(x)
+    n = x.shape[0]
+    events = np.empty(n, dtype=DVS_EVENT_DTYPE)
+    events["x"] = x
+    events["y"] = y
+    events["p"] = p
+    events["t"] = t
+    return events
+
+
+def check_dvs_events(events: np.ndarray, sensor_size: tuple[int, int], field: str = "events") -> None:
+    """Refuse an event array the chip cannot take, naming the field and the first bad event.
+
+    sensor_size is (height, width). Timestamps must be non-negative and sorted
+    (ties keep arrival order), polarity 0 or 1, coordinates inside the sensor.
+    """
+    if not isinstance(events, np.ndarray) or events.dtype != DVS_EVENT_DTYPE:
+        got = getattr(events, "dtype", type(events).__name__)
+        raise InvalidArgument(field, f"dtype must be {DVS_EVENT_DTYPE.descr}, got {got}")
+    if events.ndim != 1:
+        raise InvalidArgument(field, f"must be one-dimensional, got shape {events.shape}")
+    if events.size == 0:
+        return
+    height, width = sensor_size
+    checks = (
+        ("x", events["x"] >= width, f"x must be < sensor width {width}"),
+        ("y", events["y"] >= height, f"y must be < sensor height {height}"),
+        ("p", events["p"] > 1, "p must be 0 or 1"),
+        ("t", events["t"] < 0, "t must be >= 0"),
+    )
+    for name, bad, message in checks:
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidArgument(f"{field}[{i}].{name}", f"{message}, got {events[name][i]}")
+    t = events["t"]
+    unsorted = t[1:] < t[:-1]
+    if unsorted.any():
+        i = int(np.argmax(unsorted)) + 1
+        raise InvalidArgument(
+            f"{field}[{i}].t", f"timestamps must be sorted, {t[i]} follows {t[i - 1]}"
+        )

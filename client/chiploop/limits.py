@@ -1,0 +1,219 @@
+"""The chip's limits, the validation of a network against them, and core placement.
+
+One place for the resource table of docs/chip-model.md: the daemon refuses a
+network here at deploy time, and the exporter calls the same check before a
+network ever leaves the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from chiploop.errors import InvalidArgument, NetworkRejected
+from chiploop.spec import Layer, NetworkSpec
+
+
+@dataclass(frozen=True)
+class ChipLimits:
+    """Speck's resources (one chip)."""
+
+    chip_model: str = "speck2f"
+    cores: int = 9
+    max_destinations: int = 2
+    weight_min: int = -128
+    weight_max: int = 127
+    state_min: int = -32768
+    state_max: int = 32767
+    max_kernel: int = 16
+    strides: tuple[int, ...] = (1, 2, 4, 8)
+    max_padding: int = 7
+    pools: tuple[int, ...] = (1, 2, 4)
+    max_channels: int = 1024
+    max_input_size: int = 128
+    max_output_size: int = 64
+    kernel_memory: tuple[int, ...] = (16384, 16384, 16384, 32768, 32768, 65536, 65536, 16384, 16384)
+    neuron_memory: tuple[int, ...] = (65536, 65536, 65536, 32768, 32768, 16384, 16384, 16384, 16384)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+SPECK = ChipLimits()
+
+
+def _ceil_log2(n: int) -> int:
+    return max(0, (int(n) - 1).bit_length())
+
+
+def kernel_memory_words(layer: Layer) -> int:
+    """c * 2^(ceil(log2(kx*ky)) + ceil(log2(f)))."""
+    ky, kx = layer.kernel_size
+    return layer.in_channels * 2 ** (_ceil_log2(kx * ky) + _ceil_log2(layer.out_channels))
+
+
+def neuron_memory_words(out_shape: tuple[int, int, int]) -> int:
+    """f * 2^(ceil(log2(H)) + ceil(log2(W))) of the conv output."""
+    f, h, w = out_shape
+    return f * 2 ** (_ceil_log2(h) + _ceil_log2(w))
+
+
+def _check_int_array(values: object, where: str, name: str, lo: int, hi: int, limit: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise InvalidArgument(f"{where}.{name}", "contains NaN or inf; quantize to integers first")
+        raise InvalidArgument(
+            f"{where}.{name}", f"must be an integer array (quantize first), got {arr.dtype}"
+        )
+    if arr.dtype.kind not in "iub":
+        raise InvalidArgument(f"{where}.{name}", f"must be an integer array, got {arr.dtype}")
+    if arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        if low < lo or high > hi:
+            bad = low if low < lo else high
+            raise NetworkRejected(where, limit, bad, f"{lo}..{hi}")
+    return arr
+
+
+def check_layer_fields(index: int, layer: Layer, limits: ChipLimits = SPECK) -> None:
+    """Everything about one layer that does not depend on its neighbours."""
+    where = f"layers[{index}]"
+    if np.asarray(layer.weights).ndim != 4:
+        raise InvalidArgument(
+            f"{where}.weights", f"must be 4-D [f, c, ky, kx], got shape {np.shape(layer.weights)}"
+        )
+    _check_int_array(layer.weights, where, "weights", limits.weight_min, limits.weight_max, "weight")
+    for name in ("threshold_high", "threshold_low"):
+        value = getattr(layer, name)
+        if not isinstance(value, (int, np.integer)):
+            raise InvalidArgument(f"{where}.{name}", f"must be an integer, got {value!r}")
+        if not limits.state_min <= int(value) <= limits.state_max:
+            raise NetworkRejected(index, name, int(value), f"{limits.state_min}..{limits.state_max}")
+    if layer.threshold_high <= 0:
+        raise NetworkRejected(index, "threshold_high", layer.threshold_high, "1..32767")
+    if layer.threshold_low >= layer.threshold_high:
+        raise NetworkRejected(
+            index, "threshold_low", layer.threshold_low, f"less than threshold_high ({layer.threshold_high})"
+        )
+    if layer.reset not in ("subtract", "zero"):
+        raise InvalidArgument(f"{where}.reset", f"must be 'subtract' or 'zero', got {layer.reset!r}")
+    ky, kx = layer.kernel_size
+    for axis, k in (("y", ky), ("x", kx)):
+        if not 1 <= k <= limits.max_kernel:
+            raise NetworkRejected(index, f"kernel size ({axis})", k, f"1..{limits.max_kernel}")
+    for axis, s in zip("yx", layer.stride):
+        if s not in limits.strides:
+            raise NetworkRejected(index, f"stride ({axis})", s, "/".join(map(str, limits.strides)))
+    for axis, p in zip("yx", layer.padding):
+        if not 0 <= p <= limits.max_padding:
+            raise NetworkRejected(index, f"padding ({axis})", p, f"0..{limits.max_padding}")
+    for axis, p in zip("yx", layer.pool):
+        if p not in limits.pools:
+            raise NetworkRejected(index, f"pooling ({axis})", p, "/".join(map(str, limits.pools)))
+    for name, count in (("input channels", layer.in_channels), ("output channels", layer.out_channels)):
+        if not 1 <= count <= limits.max_channels:
+            raise NetworkRejected(index, name, count, f"1..{limits.max_channels}")
+    if len(layer.destinations) > limits.max_destinations:
+        raise NetworkRejected(
+            index, "destinations", len(layer.destinations), f"at most {limits.max_destinations}"
+        )
+    if layer.leak is not None:
+        leak = _check_int_array(layer.leak, where, "leak", limits.state_min, limits.state_max, "leak")
+        if leak.shape != (layer.out_channels,):
+            raise InvalidArgument(
+                f"{where}.leak", f"must have shape ({layer.out_channels},), got {leak.shape}"
+            )
+        if layer.leak_period_us <= 0:
+            raise InvalidArgument(f"{where}.leak_period_us", "must be > 0 when a leak is set")
+
+
+def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:
+    """Check a network against the chip and place it; return the core of each layer.
+
+    Raises InvalidArgument (malformed) or NetworkRejected (a limit broken; the
+    message names the layer, the limit and the value).
+    """
+    inp = spec.input
+    for axis, size in zip("yx", inp.sensor_size):
+        if not 1 <= size <= limits.max_input_size:
+            raise NetworkRejected("input", f"sensor size ({axis})", size, f"1..{limits.max_input_size}")
+    for axis, p in zip("yx", inp.pool):
+        if p not in limits.pools:
+            raise NetworkRejected("input", f"pooling ({axis})", p, "/".join(map(str, limits.pools)))
+    if inp.crop is not None:
+        y0, y1, x0, x1 = inp.crop
+        h, w = inp.pooled_size
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+            raise InvalidArgument("input.crop", f"window {inp.crop} is empty or outside the pooled field {h}x{w}")
+    if len(spec.layers) > limits.cores:
+        raise NetworkRejected("network", "number of layers", len(spec.layers), f"at most {limits.cores}")
+    for i, layer in enumerate(spec.layers):
+        check_layer_fields(i, layer, limits)
+    shapes = spec.layer_shapes()
+    for i, ((_, h, w), (_, oh, ow)) in enumerate(shapes):
+        for name, size, top in (
+            ("input height", h, limits.max_input_size),
+            ("input width", w, limits.max_input_size),
+            ("output height", oh, limits.max_output_size),
+            ("output width", ow, limits.max_output_size),
+        ):
+            if size > top:
+                raise NetworkRejected(i, name, size, f"at most {top}")
+    for m in spec.monitor:
+        if not 0 <= m < len(spec.layers):
+            raise InvalidArgument("monitor", f"no layer {m}")
+    if spec.hop_latency_us < 0:
+        raise InvalidArgument("hop_latency_us", "must be >= 0")
+    return place(spec, [out for _, out in shapes], limits)
+
+
+def place(spec: NetworkSpec, out_shapes: list[tuple[int, int, int]], limits: ChipLimits = SPECK) -> list[int]:
+    """Assign layers to distinct cores so both memories fit (bipartite matching).
+
+    Deterministic: layers are matched in order, each trying cores from 0 up
+    (Kuhn's augmenting paths), so the same network always lands the same way.
+    """
+    needs = [
+        (kernel_memory_words(layer), neuron_memory_words(shape))
+        for layer, shape in zip(spec.layers, out_shapes)
+    ]
+    fits = [
+        [c for c in range(limits.cores) if k <= limits.kernel_memory[c] and n <= limits.neuron_memory[c]]
+        for k, n in needs
+    ]
+    for i, (options, (k, n)) in enumerate(zip(fits, needs)):
+        if not options:
+            kmax, nmax = max(limits.kernel_memory), max(limits.neuron_memory)
+            if k > kmax:
+                raise NetworkRejected(i, "kernel memory (words)", k, f"at most {kmax} on any core")
+            if n > nmax:
+                raise NetworkRejected(i, "neuron memory (words)", n, f"at most {nmax} on any core")
+            raise NetworkRejected(
+                i, "kernel + neuron memory (words)", f"{k} + {n}", "a core with room for both"
+            )
+    core_of_layer: dict[int, int] = {}
+    layer_on_core: dict[int, int] = {}
+
+    def augment(layer: int, seen: set[int]) -> bool:
+        for core in fits[layer]:
+            if core in seen:
+                continue
+            seen.add(core)
+            if core not in layer_on_core or augment(layer_on_core[core], seen):
+                layer_on_core[core] = layer
+                core_of_layer[layer] = core
+                return True
+        return False
+
+    for i in range(len(spec.layers)):
+        if not augment(i, set()):
+            k, n = needs[i]
+            raise NetworkRejected(
+                i,
+                "placement",
+                f"kernel {k} + neuron {n} words",
+                "a free core with room for both (the other layers take the cores that fit)",
+            )
+    return [core_of_layer[i] for i in range(len(spec.layers))]

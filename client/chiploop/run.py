@@ -1,0 +1,121 @@
+"""What a run asks for (Readout) and what it returns (RunResult), as plain objects.
+
+The same objects are produced by the simulator in-process, by every backend of
+the daemon, and by ``ChipClient.run`` after decoding the wire message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from chiploop.errors import InvalidArgument
+from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE
+
+RunMode = Literal["depth_first", "breadth_first", "sync"]
+RUN_MODES: tuple[str, ...] = ("depth_first", "breadth_first", "sync")
+
+#: Columns of RunResult.counters before the per-layer spike counts.
+COUNTER_NAMES: tuple[str, ...] = ("input_events", "dropped_events", "synops", "output_events")
+
+#: A readout may ask for at most this many bins (a guard against absurd requests).
+MAX_BINS = 100_000
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Time bins [t0 + i*bin, t0 + (i+1)*bin), i < num_bins, and what to read in them.
+
+    membrane_layers: layers whose states are snapshot at the end of every bin.
+    spatial_counts: spike counts as [T, f, H, W] instead of [T, f].
+    mode: the chip's depth-first order, samna specksim's breadth-first order, or
+    the synchronous time-stepped integer counterpart (bins are its time steps).
+    """
+
+    t0_us: int = 0
+    bin_us: int = 1000
+    num_bins: int = 1
+    membrane_layers: tuple[int, ...] = ()
+    spatial_counts: bool = False
+    mode: RunMode = "depth_first"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "membrane_layers", tuple(int(m) for m in self.membrane_layers))
+
+    def check(self, n_layers: int) -> None:
+        if self.bin_us <= 0:
+            raise InvalidArgument("readout.bin_us", f"must be > 0, got {self.bin_us}")
+        if not 1 <= self.num_bins <= MAX_BINS:
+            raise InvalidArgument("readout.num_bins", f"must be 1..{MAX_BINS}, got {self.num_bins}")
+        if self.t0_us < 0:
+            raise InvalidArgument("readout.t0_us", f"must be >= 0, got {self.t0_us}")
+        if self.mode not in RUN_MODES:
+            raise InvalidArgument("readout.mode", f"must be one of {RUN_MODES}, got {self.mode!r}")
+        for m in self.membrane_layers:
+            if not 0 <= m < n_layers:
+                raise InvalidArgument("readout.membrane_layers", f"no layer {m} (network has {n_layers})")
+
+    @property
+    def t_end_us(self) -> int:
+        return self.t0_us + self.bin_us * self.num_bins
+
+
+@dataclass
+class RunResult:
+    """The outputs of a batch of samples.
+
+    output_events: chip events (CHIP_EVENT_DTYPE) of all samples, concatenated;
+        sample i owns output_events[output_offsets[i]:output_offsets[i + 1]].
+    counts: per output or monitored layer, int32 [n, T, f] (or [n, T, f, H, W]).
+    membranes: per requested layer, int16 [n, T, f, H, W], the state at each bin's end.
+    counters: int64 [n, 4 + layers]: COUNTER_NAMES, then spikes emitted per layer.
+    """
+
+    output_events: np.ndarray
+    output_offsets: np.ndarray
+    counts: dict[int, np.ndarray] = field(default_factory=dict)
+    membranes: dict[int, np.ndarray] = field(default_factory=dict)
+    counters: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    compute_seconds: float = 0.0
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.output_offsets.shape[0]) - 1
+
+    def sample_events(self, i: int) -> np.ndarray:
+        return self.output_events[self.output_offsets[i] : self.output_offsets[i + 1]]
+
+    def counter(self, name: str) -> np.ndarray:
+        return self.counters[:, COUNTER_NAMES.index(name)]
+
+    @staticmethod
+    def concatenate(parts: list[RunResult]) -> RunResult:
+        """Join the results of consecutive chunks of one batch."""
+        if len(parts) == 1:
+            return parts[0]
+        offsets = [np.zeros(1, np.int64)]
+        base = 0
+        for p in parts:
+            offsets.append(p.output_offsets[1:] + base)
+            base += int(p.output_offsets[-1])
+        return RunResult(
+            output_events=np.concatenate([p.output_events for p in parts]).astype(CHIP_EVENT_DTYPE),
+            output_offsets=np.concatenate(offsets),
+            counts={k: np.concatenate([p.counts[k] for p in parts]) for k in parts[0].counts},
+            membranes={k: np.concatenate([p.membranes[k] for p in parts]) for k in parts[0].membranes},
+            counters=np.concatenate([p.counters for p in parts]),
+            compute_seconds=sum(p.compute_seconds for p in parts),
+        )
+
+
+def pack_samples(samples: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """A list of per-sample event arrays -> (concatenated events, offsets [n + 1])."""
+    offsets = np.zeros(len(samples) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in samples])
+    if samples:
+        events = np.concatenate(samples)
+    else:
+        events = np.zeros(0, DVS_EVENT_DTYPE)
+    return events, offsets
