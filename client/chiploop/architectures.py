@@ -1,0 +1,93 @@
+"""Network shapes as plain data (no torch), shared by models, export, benchmarks and tests.
+
+A ``ConvStage`` is one chip layer: a spiking conv with the sum pooling that its
+route to the next layer applies. The last stage of the paper's network is the
+fully connected layer, written as a conv whose kernel covers its whole input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from chiploop.spec import InputLayer, Layer, NetworkSpec
+
+
+@dataclass(frozen=True)
+class ConvStage:
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    pool: int = 1
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    in_shape: tuple[int, int, int]  # (channels, height, width) entering layer 0
+    stages: tuple[ConvStage, ...]
+
+    def layer_shapes(self) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+        """(input, conv output) shape of every stage, (c, h, w)."""
+        shapes = []
+        c, h, w = self.in_shape
+        for s in self.stages:
+            oh = (h + 2 * s.padding - s.kernel) // s.stride + 1
+            ow = (w + 2 * s.padding - s.kernel) // s.stride + 1
+            shapes.append(((c, h, w), (s.out_channels, oh, ow)))
+            c, h, w = s.out_channels, oh // s.pool, ow // s.pool
+        return shapes
+
+    def spec(
+        self,
+        weights: list[np.ndarray],
+        thresholds: list[int],
+        sensor_size: tuple[int, int] = (34, 34),
+        reset: str = "subtract",
+        leaks: list[np.ndarray | None] | None = None,
+        leak_period_us: int = 0,
+        monitor: tuple[int, ...] = (),
+    ) -> NetworkSpec:
+        """The chip network of this architecture with the given int8 weights and thresholds."""
+        n = len(self.stages)
+        leaks = leaks or [None] * n
+        layers = [
+            Layer(
+                weights=np.asarray(weights[i], np.int8),
+                threshold_high=int(thresholds[i]),
+                reset=reset,  # type: ignore[arg-type]
+                stride=(s.stride, s.stride),
+                padding=(s.padding, s.padding),
+                pool=(s.pool, s.pool),
+                destinations=(i + 1,) if i + 1 < n else (),
+                leak=leaks[i],
+                leak_period_us=leak_period_us if leaks[i] is not None else 0,
+                name=f"{self.name}.{i}",
+            )
+            for i, s in enumerate(self.stages)
+        ]
+        return NetworkSpec(
+            layers=tuple(layers),
+            input=InputLayer(sensor_size=sensor_size, merge_polarities=self.in_shape[0] == 1),
+            monitor=monitor,
+        )
+
+
+#: The paper's kind of network for N-MNIST: five spiking conv layers and one fully
+#: connected layer, no biases, inside Speck's limits (placement: see chiploop.limits).
+NMNIST_PAPER = Architecture(
+    name="nmnist6",
+    in_shape=(2, 34, 34),
+    stages=(
+        ConvStage(16, 3, padding=1, pool=2),  # 16x34x34 -> 16x17x17
+        ConvStage(32, 3, padding=1, pool=2),  # 32x17x17 -> 32x8x8
+        ConvStage(64, 3, padding=1, pool=2),  # 64x8x8 -> 64x4x4
+        ConvStage(64, 3, padding=1),  # 64x4x4
+        ConvStage(64, 3, padding=1),  # 64x4x4
+        ConvStage(10, 4),  # fully connected: 64x4x4 -> 10
+    ),
+)
+
+ARCHITECTURES: dict[str, Architecture] = {NMNIST_PAPER.name: NMNIST_PAPER}
