@@ -1,0 +1,177 @@
+"""The N-MNIST reader (original 40-bit ``.bin`` encoding) and a dataset over its folders.
+
+Two layouts are understood:
+
+- the bundled one: a folder holding ``labels.csv`` (``sample,label``) and the
+  ``<id>.bin`` files it names (``nmnist-small/train``, or its parent with a
+  ``train/`` or ``test/`` split below it);
+- the full N-MNIST one: ``Train/<digit>/<id>.bin`` and ``Test/<digit>/<id>.bin``
+  (or a split folder holding the digit folders directly).
+
+Decoded samples are cached in memory (1,000 samples are ~16 MB of events).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from chiploop.errors import InvalidArgument
+from chiploop.events import DVS_EVENT_DTYPE
+
+#: (height, width) of the ATIS recordings of N-MNIST.
+NMNIST_SENSOR_SIZE: tuple[int, int] = (34, 34)
+NUM_CLASSES = 10
+ENV_DATA_DIR = "CHIPLOOP_NMNIST_DIR"
+
+
+def default_data_dir() -> Path:
+    """``$CHIPLOOP_NMNIST_DIR``, else the bundled ``<repo>/../shared/data/nmnist-small``."""
+    env = os.environ.get(ENV_DATA_DIR)
+    if env:
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[3]
+    return repo_root.parent / "shared" / "data" / "nmnist-small"
+
+
+def decode_nmnist_bytes(raw: bytes | np.ndarray, source: str = "data") -> np.ndarray:
+    """Decode the 40-bit big-endian N-MNIST encoding into DVS_EVENT_DTYPE events, sorted by time.
+
+    bits 39..32: x, 31..24: y, 23: polarity (1 = ON), 22..0: timestamp in us.
+    """
+    buf = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
+    if buf.size % 5:
+        raise InvalidArgument(source, f"size {buf.size} bytes is not a multiple of 5 (40-bit events)")
+    rows = buf.reshape(-1, 5).astype(np.int64)
+    events = np.empty(rows.shape[0], dtype=DVS_EVENT_DTYPE)
+    events["x"] = rows[:, 0]
+    events["y"] = rows[:, 1]
+    events["p"] = rows[:, 2] >> 7
+    events["t"] = ((rows[:, 2] & 0x7F) << 16) | (rows[:, 3] << 8) | rows[:, 4]
+    height, width = NMNIST_SENSOR_SIZE
+    for name, size in (("x", width), ("y", height)):
+        bad = events[name] >= size
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidArgument(
+                f"{source}[{i}].{name}", f"must be < {size} (N-MNIST is 34x34), got {events[name][i]}"
+            )
+    t = events["t"]
+    if t.size > 1 and (t[1:] < t[:-1]).any():
+        # Recordings are time-ordered; a stable sort keeps ties in arrival order if one is not.
+        events = events[np.argsort(t, kind="stable")]
+    return events
+
+
+def read_nmnist_bin(path: str | os.PathLike) -> np.ndarray:
+    """Read one N-MNIST ``.bin`` file into a DVS_EVENT_DTYPE array (time-sorted)."""
+    path = Path(path)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise InvalidArgument("path", f"no such file: {path}") from None
+    return decode_nmnist_bytes(raw, source=str(path))
+
+
+def _read_labels_csv(folder: Path) -> tuple[list[Path], np.ndarray]:
+    files, labels = [], []
+    with open(folder / "labels.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"sample", "label"} <= set(reader.fieldnames):
+            raise InvalidArgument(f"{folder / 'labels.csv'}", "needs a header 'sample,label'")
+        for line, row in enumerate(reader, start=2):
+            name = row["sample"].strip()
+            try:
+                label = int(row["label"])
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"{folder / 'labels.csv'}:{line}.label", f"not an integer: {row['label']!r}") from None
+            if not 0 <= label < NUM_CLASSES:
+                raise InvalidArgument(f"{folder / 'labels.csv'}:{line}.label", f"must be 0..9, got {label}")
+            files.append(folder / (name if name.endswith(".bin") else f"{name}.bin"))
+            labels.append(label)
+    return files, np.asarray(labels, np.int64)
+
+
+def _read_digit_folders(folder: Path) -> tuple[list[Path], np.ndarray]:
+    files, labels = [], []
+    for digit in range(NUM_CLASSES):
+        for f in sorted((folder / str(digit)).glob("*.bin"), key=_natural_key):
+            files.append(f)
+            labels.append(digit)
+    return files, np.asarray(labels, np.int64)
+
+
+def _natural_key(path: Path) -> tuple[int, str]:
+    stem = path.stem
+    return (int(stem), stem) if stem.isdigit() else (1 << 62, stem)
+
+
+def _resolve_split(root: Path, split: str) -> Path:
+    """The folder that holds one split's files, whatever the layout."""
+    candidates = [root, root / split, root / split.lower(), root / split.capitalize()]
+    for c in candidates:
+        if (c / "labels.csv").is_file() or any((c / str(d)).is_dir() for d in range(NUM_CLASSES)):
+            return c
+    raise InvalidArgument(
+        "data",
+        f"no N-MNIST data under {root} for split {split!r}: expected labels.csv, "
+        f"{split}/labels.csv or {split.capitalize()}/<digit>/*.bin",
+    )
+
+
+class NMNIST:
+    """An N-MNIST split: ``ds[i] -> (events, label)``, decoded once and cached in memory.
+
+    ``root`` is a folder in either layout (see the module doc); ``split`` picks
+    ``train``/``test`` below it when the root is not already a split folder.
+    """
+
+    sensor_size = NMNIST_SENSOR_SIZE
+    num_classes = NUM_CLASSES
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", cache: bool = True) -> None:
+        self.root = Path(root) if root is not None else default_data_dir()
+        if not self.root.is_dir():
+            raise InvalidArgument("data", f"not a folder: {self.root}")
+        self.folder = _resolve_split(self.root, split)
+        if (self.folder / "labels.csv").is_file():
+            self.files, self.labels = _read_labels_csv(self.folder)
+        else:
+            self.files, self.labels = _read_digit_folders(self.folder)
+        if not self.files:
+            raise InvalidArgument("data", f"no samples found in {self.folder}")
+        self.cache = cache
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def ids(self) -> list[str]:
+        return [f.stem for f in self.files]
+
+    def events(self, index: int) -> np.ndarray:
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} out of range (dataset has {len(self)})")
+        index %= len(self)
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached
+        events = read_nmnist_bin(self.files[index])
+        if self.cache:
+            events.flags.writeable = False  # shared by every caller: nobody may edit the cache
+            self._cache[index] = events
+        return events
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.events(index), int(self.labels[int(index)])
+
+    def preload(self) -> NMNIST:
+        """Decode every sample now (a second pass is then free)."""
+        for i in range(len(self)):
+            self.events(i)
+        return self

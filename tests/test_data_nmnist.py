@@ -1,0 +1,77 @@
+"""The N-MNIST reader and dataset, against the bundled real recordings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from chiploop.data import NMNIST, default_data_dir, read_nmnist_bin
+from chiploop.data.nmnist import decode_nmnist_bytes
+from chiploop.errors import InvalidArgument
+from chiploop.events import DVS_EVENT_DTYPE, check_dvs_events
+
+DATA = default_data_dir()
+pytestmark = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no N-MNIST data at {DATA}")
+
+
+def encode(x, y, p, t) -> bytes:
+    """The 40-bit encoding, written independently of the reader (per-event, the slow obvious way)."""
+    out = bytearray()
+    for xi, yi, pi, ti in zip(x, y, p, t, strict=True):
+        out += bytes([xi, yi, (pi << 7) | (ti >> 16), (ti >> 8) & 0xFF, ti & 0xFF])
+    return bytes(out)
+
+
+def test_decode_matches_an_independent_encoder():
+    rng = np.random.default_rng(0)
+    n = 500
+    x, y, p = rng.integers(0, 34, n), rng.integers(0, 34, n), rng.integers(0, 2, n)
+    t = np.sort(rng.integers(0, 1 << 23, n))
+    ev = decode_nmnist_bytes(encode(x, y, p, t))
+    assert ev.dtype == DVS_EVENT_DTYPE
+    np.testing.assert_array_equal(ev["x"], x)
+    np.testing.assert_array_equal(ev["y"], y)
+    np.testing.assert_array_equal(ev["p"], p)
+    np.testing.assert_array_equal(ev["t"], t)
+
+
+def test_bundled_file_reads_as_valid_events():
+    ev = read_nmnist_bin(DATA / "train" / "1.bin")
+    assert ev.dtype == DVS_EVENT_DTYPE
+    assert (DATA / "train" / "1.bin").stat().st_size == 5 * len(ev)
+    check_dvs_events(ev, (34, 34))
+    assert 1100 <= len(ev) <= 7200
+    assert 250_000 < ev["t"].max() < 320_000  # three saccades, ~300 ms
+    assert set(np.unique(ev["p"])) == {0, 1}
+
+
+def test_bundled_dataset_counts_ranges_and_labels():
+    ds = NMNIST(DATA)
+    assert len(ds) == 1000
+    counts = np.bincount(ds.labels, minlength=10)
+    assert counts.sum() == 1000 and counts.min() >= 87 and counts.max() <= 117
+    lengths = np.array([len(ds.events(i)) for i in range(0, 1000, 50)])
+    assert lengths.min() >= 1100 and lengths.max() <= 7200
+    ev, label = ds[0]
+    assert label == 5 and ds.ids[0] == "1"  # labels.csv: 1.bin,5 (N-MNIST train sample 1 is a 5)
+    assert ds.events(0) is ev  # cached
+    with pytest.raises(ValueError):
+        ev["x"][0] = 1  # the cache is read-only
+
+
+def test_full_layout_and_bad_files(tmp_path):
+    for digit in (3, 7):
+        d = tmp_path / "Train" / str(digit)
+        d.mkdir(parents=True)
+        (d / "00002.bin").write_bytes(encode([1], [2], [1], [digit]))
+        (d / "00010.bin").write_bytes(encode([4], [5], [0], [digit + 1]))
+    ds = NMNIST(tmp_path, split="train")
+    assert list(ds.labels) == [3, 3, 7, 7]
+    assert ds[2][0]["t"][0] == 7
+    (tmp_path / "bad.bin").write_bytes(b"\x00" * 7)
+    with pytest.raises(InvalidArgument, match="multiple of 5"):
+        read_nmnist_bin(tmp_path / "bad.bin")
+    (tmp_path / "far.bin").write_bytes(encode([40], [2], [1], [0]))
+    with pytest.raises(InvalidArgument, match=r"\.x"):
+        read_nmnist_bin(tmp_path / "far.bin")
+    with pytest.raises(InvalidArgument, match="no N-MNIST data"):
+        NMNIST(tmp_path, split="test")
