@@ -33,17 +33,23 @@ def make_dvs_events(x, y, p, t) -> np.ndarray:
     return events
 
 
-def check_dvs_events(events: np.ndarray, sensor_size: tuple[int, int], field: str = "events") -> None:
+def check_dvs_events(
+    events: np.ndarray, sensor_size: tuple[int, int], field: str = "events", offsets: np.ndarray | None = None
+) -> None:
     """Refuse an event array the chip cannot take, naming the field and the first bad event.
 
     sensor_size is (height, width). Timestamps must be non-negative and sorted
     (ties keep arrival order), polarity 0 or 1, coordinates inside the sensor.
+    With ``offsets`` (a batch of concatenated samples, checked by ``check_offsets``)
+    timestamps need only be sorted within each sample.
     """
     if not isinstance(events, np.ndarray) or events.dtype != DVS_EVENT_DTYPE:
         got = getattr(events, "dtype", type(events).__name__)
         raise InvalidArgument(field, f"dtype must be {DVS_EVENT_DTYPE.descr}, got {got}")
     if events.ndim != 1:
         raise InvalidArgument(field, f"must be one-dimensional, got shape {events.shape}")
+    if offsets is not None:
+        check_offsets(offsets, events.size)
     if events.size == 0:
         return
     height, width = sensor_size
@@ -59,8 +65,37 @@ def check_dvs_events(events: np.ndarray, sensor_size: tuple[int, int], field: st
             raise InvalidArgument(f"{field}[{i}].{name}", f"{message}, got {events[name][i]}")
     t = events["t"]
     unsorted = t[1:] < t[:-1]
+    if offsets is not None:
+        starts = offsets[1:-1]
+        # Each sample's clock starts again: a drop in t across a sample boundary is fine.
+        unsorted[starts[(starts > 0) & (starts < events.size)] - 1] = False
     if unsorted.any():
         i = int(np.argmax(unsorted)) + 1
+        where = "" if offsets is None else f" (sample {int(np.searchsorted(offsets, i, side='right')) - 1})"
         raise InvalidArgument(
-            f"{field}[{i}].t", f"timestamps must be sorted, {t[i]} follows {t[i - 1]}"
+            f"{field}[{i}].t", f"timestamps must be sorted, {t[i]} follows {t[i - 1]}{where}"
         )
+
+
+def check_offsets(offsets: np.ndarray, num_events: int, field: str = "offsets") -> None:
+    """Refuse batch offsets that do not cut ``num_events`` events into consecutive samples.
+
+    offsets is int64 [n + 1]: sample i is events[offsets[i]:offsets[i + 1]], so it starts
+    at 0, never decreases and ends at the number of events (n may be 0).
+    """
+    if not isinstance(offsets, np.ndarray) or offsets.dtype != np.int64 or offsets.ndim != 1:
+        got = f"{getattr(offsets, 'dtype', type(offsets).__name__)} {np.shape(offsets)}"
+        raise InvalidArgument(field, f"must be a 1-D int64 array [n + 1], got {got}")
+    if offsets.size == 0:
+        raise InvalidArgument(field, "must hold at least one entry (0 for an empty batch)")
+    if offsets[0] != 0:
+        raise InvalidArgument(f"{field}[0]", f"must be 0, got {offsets[0]}")
+    if offsets[-1] != num_events:
+        raise InvalidArgument(
+            f"{field}[{offsets.size - 1}]", f"must equal the number of events {num_events}, got {offsets[-1]}"
+        )
+    down = offsets[1:] < offsets[:-1]
+    if down.any():
+        i = int(np.argmax(down)) + 1
+        raise InvalidArgument(f"{field}[{i}]", f"offsets must not decrease, {offsets[i]} follows {offsets[i - 1]}")
+
