@@ -1,0 +1,68 @@
+"""N-MNIST through tonic (optional): for users who already keep tonic's folder layout.
+
+Never downloads: tonic fetches the data set when its folder is missing, so the
+folder is checked here first and a missing one is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+from chiploop.data.nmnist import NMNIST_SENSOR_SIZE, NUM_CLASSES
+from chiploop.errors import BackendUnavailable, InvalidArgument
+from chiploop.events import DVS_EVENT_DTYPE
+
+
+def tonic_available() -> bool:
+    return importlib.util.find_spec("tonic") is not None
+
+
+def to_dvs_events(tonic_events: np.ndarray) -> np.ndarray:
+    """tonic's structured (x, y, t, p) array -> DVS_EVENT_DTYPE, time-sorted."""
+    out = np.empty(len(tonic_events), DVS_EVENT_DTYPE)
+    for name in ("x", "y", "p", "t"):
+        out[name] = tonic_events[name]
+    if len(out) > 1 and (out["t"][1:] < out["t"][:-1]).any():
+        out = out[np.argsort(out["t"], kind="stable")]
+    return out
+
+
+class TonicNMNIST:
+    """``tonic.datasets.NMNIST(save_to=root, train=...)`` with the same interface as
+    ``chiploop.data.NMNIST`` (``events(i)``, ``labels``, ``ds[i]``), cached in memory."""
+
+    sensor_size = NMNIST_SENSOR_SIZE
+    num_classes = NUM_CLASSES
+
+    def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
+        if not tonic_available():
+            raise BackendUnavailable("the tonic route needs tonic: pip install 'chiploop[tonic]'")
+        import tonic  # noqa: PLC0415 - optional dependency, imported only on this route
+
+        self.root = Path(root)
+        folder = self.root / "NMNIST" / ("Train" if split == "train" else "Test")
+        if not folder.is_dir():
+            raise InvalidArgument(
+                "data", f"{folder} does not exist; chiploop never downloads, extract N-MNIST there first"
+            )
+        self._ds = tonic.datasets.NMNIST(save_to=str(self.root), train=split == "train")
+        self.labels = np.asarray([int(t) for t in self._ds.targets], np.int64)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._ds)
+
+    def events(self, index: int) -> np.ndarray:
+        index = int(index) % len(self)
+        if index not in self._cache:
+            ev = to_dvs_events(self._ds[index][0])
+            ev.flags.writeable = False
+            self._cache[index] = ev
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.events(index), int(self.labels[int(index) % len(self)])

@@ -1,0 +1,92 @@
+"""Binning on the readout's bins, the split, augmentation and batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from chiploop.data import (
+    NMNIST,
+    Augment,
+    bin_batch,
+    bin_events,
+    default_data_dir,
+    iterate_batches,
+    readout_for,
+    stratified_split,
+    trim_events,
+)
+from chiploop.errors import InvalidArgument
+from chiploop.events import make_dvs_events
+from chiploop.run import Readout
+
+DATA = default_data_dir()
+needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+
+
+def test_bins_are_half_open_like_the_readout():
+    ro = Readout(t0_us=100, bin_us=50, num_bins=3)
+    ev = make_dvs_events(
+        x=[0, 1, 2, 3, 4, 5, 6], y=[0] * 7, p=[1, 0, 1, 1, 0, 1, 1], t=[99, 100, 149, 150, 249, 250, 400]
+    )
+    frames = bin_events(ev, ro)
+    assert frames.shape == (3, 2, 34, 34) and frames.dtype == np.float32
+    assert frames.sum() == 4  # t=99 is before t0, t=250 and t=400 after the last bin
+    assert frames[0, 0, 0, 1] == 1 and frames[0, 1, 0, 2] == 1  # t=100 (p=0), t=149 (p=1)
+    assert frames[1, 1, 0, 3] == 1  # t=150 starts bin 1
+    assert frames[2, 0, 0, 4] == 1  # t=249 is the last us of bin 2
+    np.testing.assert_array_equal(trim_events(ev, ro)["t"], [100, 149, 150, 249])
+    merged = bin_events(ev, ro, channels=1)
+    assert merged.shape == (3, 1, 34, 34) and merged.sum() == 4
+
+
+def test_batch_binning_equals_per_sample_binning():
+    rng = np.random.default_rng(1)
+    samples = []
+    for n in (0, 10, 300):
+        t = np.sort(rng.integers(0, 1000, n))
+        samples.append(make_dvs_events(rng.integers(0, 34, n), rng.integers(0, 34, n), rng.integers(0, 2, n), t))
+    ro = readout_for(4, 1000)
+    batch = bin_batch(samples, ro)
+    for i, s in enumerate(samples):
+        np.testing.assert_array_equal(batch[i], bin_events(s, ro))
+        assert batch[i].sum() == len(s)
+    with pytest.raises(InvalidArgument, match="bins"):
+        readout_for(0, 1000)
+
+
+def test_split_is_stratified_and_deterministic():
+    labels = np.repeat(np.arange(10), [87, 117, 100, 100, 100, 100, 100, 100, 99, 97])
+    train, val = stratified_split(labels, 0.2, seed=3)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(labels)
+    per_class = np.bincount(labels[val], minlength=10)
+    np.testing.assert_array_equal(per_class, np.round(np.bincount(labels) * 0.2).astype(int))
+    again = stratified_split(labels, 0.2, seed=3)
+    np.testing.assert_array_equal(again[1], val)
+    assert not np.array_equal(stratified_split(labels, 0.2, seed=4)[1], val)
+
+
+def test_augment_shifts_and_drops_the_events_themselves():
+    ev = make_dvs_events(x=[0, 10, 33], y=[5, 10, 20], p=[1, 1, 0], t=[1, 2, 3])
+    shifted = Augment(max_shift=2, drop=0.0)(ev, np.random.default_rng(0))
+    dy, dx = np.random.default_rng(0).integers(-2, 3, size=2)
+    keep = (ev["x"].astype(int) + dx >= 0) & (ev["x"].astype(int) + dx < 34)
+    np.testing.assert_array_equal(shifted["x"], ev["x"][keep] + dx)
+    np.testing.assert_array_equal(shifted["y"], ev["y"][keep] + dy)
+    many = make_dvs_events(np.zeros(10_000), np.zeros(10_000), np.ones(10_000), np.arange(10_000))
+    dropped = Augment(max_shift=0, drop=0.25)(many, np.random.default_rng(0))
+    assert 7300 < len(dropped) < 7700 and np.all(np.diff(dropped["t"]) > 0)
+
+
+@needs_data
+def test_batches_carry_the_same_events_to_chip_and_frames():
+    ds = NMNIST(DATA)
+    ro = readout_for(5, 320_000)
+    idx = np.arange(10)
+    batches = list(iterate_batches(ds, idx, ro, batch_size=4, shuffle=True, seed=0, augment=Augment()))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(np.concatenate([b.indices for b in batches])) == list(idx)
+    for b in batches:
+        np.testing.assert_array_equal(b.frames, bin_batch(b.events, ro))
+        np.testing.assert_array_equal(b.labels, ds.labels[b.indices])
+    again = list(iterate_batches(ds, idx, ro, batch_size=4, shuffle=True, seed=0, augment=Augment()))
+    np.testing.assert_array_equal(again[0].frames, batches[0].frames)
