@@ -1,0 +1,367 @@
+"""The paper's spiking CNN (sinabs, chip semantics) and its ANN twin.
+
+Both are built from an ``chiploop.architectures.Architecture`` (default: the
+paper's NMNIST_PAPER, 5 spiking convs + 1 fully connected, no biases), with
+torch ``Conv2d(bias=False)`` and sinabs ``SumPool2d``; the spiking layers are
+sinabs ``IAFSqueeze`` neurons with the chip's rules: multi-spike, subtract
+reset, ``min_v_mem`` = threshold_low, int16 saturation once per time step.
+
+Units: every layer computes in its own integer units (weights w / s_l, see
+``chiploop.quant``), so with ``quantized=True`` the forward pass *is* the
+integer network that ``chiploop.export`` sends to the chip, computed the way
+the daemon's ``Readout(mode="sync")`` computes it.
+
+Leaky neurons: the chip has no multiplicative decay; its leak is a per-channel
+constant added every leak tick. The sync model adds the same constant
+(``leak``, trained like a bias) once per time step, and the export sets the
+chip's leak period to the bin width, so both add it once per bin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from sinabs.layers import IAFSqueeze, SumPool2d
+from torch import nn
+
+from chiploop.architectures import NMNIST_PAPER, Architecture, ConvStage
+from chiploop.errors import InvalidArgument
+from chiploop.quant import (
+    STATE_MAX,
+    STATE_MIN,
+    fake_quant,
+    fake_quant_leak_units,
+    fake_quant_units,
+    quantize_threshold,
+    quantize_threshold_low,
+    weight_scale,
+)
+
+NeuronKind = Literal["iaf", "leaky"]
+NEURON_KINDS: tuple[str, ...] = ("iaf", "leaky")
+
+
+def scaled_architecture(arch: Architecture, width: float = 1.0) -> Architecture:
+    """The same network with every hidden layer's channels multiplied by ``width``."""
+    if width == 1.0:
+        return arch
+    if not 0 < width <= 4:
+        raise InvalidArgument("width", f"must be in (0, 4], got {width}")
+    stages = tuple(
+        s if i == len(arch.stages) - 1 else replace(s, out_channels=max(1, round(s.out_channels * width)))
+        for i, s in enumerate(arch.stages)
+    )
+    return Architecture(name=f"{arch.name}-w{width:g}", in_shape=arch.in_shape, stages=stages)
+
+
+def leak_ticks(t0_us: int, bin_us: int, num_bins: int, period_us: int) -> list[int]:
+    """Leak ticks inside each bin: the chip ticks at m * period (m >= 1), so with the period
+    equal to the bin width and t0 = 0 the first bin has none and every later bin one."""
+    out = []
+    for b in range(num_bins):
+        start, end = t0_us + b * bin_us, t0_us + (b + 1) * bin_us
+        first = -(-max(start, 1) // period_us)
+        last = (end - 1) // period_us
+        out.append(max(0, last - first + 1))
+    return out
+
+
+def _conv(c_in: int, s: ConvStage) -> nn.Conv2d:
+    return nn.Conv2d(c_in, s.out_channels, s.kernel, stride=s.stride, padding=s.padding, bias=False)
+
+
+# ---------------------------------------------------------------- neuron rules
+
+
+class ChipMultiSpike(torch.autograd.Function):
+    """sinabs spike_fn: floor(v / thr) spikes where v >= thr, v saturated to int16 first.
+
+    Backward: the surrogate of v (as sinabs' MultiSpike)."""
+
+    required_states = ["v_mem"]
+
+    @staticmethod
+    def forward(ctx, v_mem, spike_threshold, surrogate_grad_fn):
+        ctx.save_for_backward(v_mem)
+        ctx.spike_threshold = spike_threshold
+        ctx.surrogate_grad_fn = surrogate_grad_fn
+        v = torch.clamp(v_mem, max=STATE_MAX)
+        return (v >= spike_threshold) * torch.div(v, spike_threshold, rounding_mode="floor")
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (v_mem,) = ctx.saved_tensors
+        return grad_output * ctx.surrogate_grad_fn(v_mem, ctx.spike_threshold), None, None
+
+
+@dataclass
+class ChipSubtract:
+    """sinabs reset_fn: v = min(v, 32767) - spikes * thr (the saturation of the same step)."""
+
+    def __call__(self, spikes, state, spike_threshold):
+        new_state = state.copy()
+        new_state["v_mem"] = torch.clamp(state["v_mem"], max=STATE_MAX) - spikes * spike_threshold
+        return new_state
+
+
+@dataclass
+class PeriodicExponential:
+    """Weidel and Sheik's periodic exponential surrogate (sinabs' PeriodicExponential),
+    with the width relative to the threshold and the height 1/thr, so the gradient
+    does not depend on the units a layer computes in (integer units differ per layer)."""
+
+    grad_width: float = 0.5
+    grad_scale: float = 1.0
+
+    def __call__(self, v_mem, spike_threshold):
+        v = v_mem / spike_threshold
+        periodic = (v - 0.5) - torch.floor(v - 0.5)
+        distance = torch.where(v >= 1.0, 2.0 * periodic - 1.0, v - 1.0)
+        return self.grad_scale * torch.exp(-torch.abs(distance) / self.grad_width) / spike_threshold
+
+
+# ---------------------------------------------------------------- the spiking CNN
+
+
+@dataclass
+class SNNOutput:
+    """What a forward pass of the spiking CNN gives (integer units)."""
+
+    spikes: torch.Tensor  # [B, T, K] output-layer spikes per bin
+    v_mem: torch.Tensor  # [B, T, K] output-layer membrane at the end of each bin
+    threshold: float  # output-layer threshold_high, same units as v_mem
+    hidden: list[torch.Tensor]  # per hidden layer: spikes [B, T, C, H, W] (before pooling)
+
+    @property
+    def score(self) -> torch.Tensor:
+        """[B, K] readout: total spikes plus the last membrane in threshold units.
+
+        For the output layer (subtract reset, no low clamp) score * thr is the
+        total charge it received, so the readout is exact, not rounded to whole spikes.
+        """
+        return self.spikes.sum(1) + self.v_mem[:, -1] / self.threshold
+
+
+class SpikingCNN(nn.Module):
+    """The paper's spiking CNN with the chip's neuron rules (see the module doc).
+
+    Per layer l: float threshold ``theta[l]`` (weight units), quantization scale
+    ``scale[l]`` (frozen between calls of ``calibrate_scales``), optional leak
+    (leaky neurons). Hidden layers clamp at threshold_low = ``theta_low`` * thr;
+    the output layer does not clamp (threshold_low = -32768) so its membrane keeps
+    the whole charge for the readout.
+    """
+
+    def __init__(
+        self,
+        arch: Architecture = NMNIST_PAPER,
+        neuron: NeuronKind = "iaf",
+        theta_low: float = -1.0,
+        leak_init: float = -0.05,
+        surrogate: PeriodicExponential | None = None,
+    ) -> None:
+        super().__init__()
+        if neuron not in NEURON_KINDS:
+            raise InvalidArgument("neuron", f"must be one of {NEURON_KINDS}, got {neuron!r}")
+        if not theta_low < 1.0:
+            raise InvalidArgument("theta_low", f"must be below the threshold (1.0), got {theta_low}")
+        self.arch = arch
+        self.neuron = neuron
+        self.theta_low = float(theta_low)
+        n = len(arch.stages)
+        c_in = arch.in_shape[0]
+        convs = []
+        for s in arch.stages:
+            convs.append(_conv(c_in, s))
+            c_in = s.out_channels
+        self.convs = nn.ModuleList(convs)
+        self.pools = nn.ModuleList([SumPool2d(s.pool) if s.pool > 1 else nn.Identity() for s in arch.stages])
+        sur = surrogate or PeriodicExponential()
+        self.spiking = nn.ModuleList(
+            [
+                IAFSqueeze(
+                    num_timesteps=1,
+                    spike_fn=ChipMultiSpike,
+                    reset_fn=ChipSubtract(),
+                    surrogate_grad_fn=sur,
+                    min_v_mem=float(STATE_MIN),
+                    record_states=(i == n - 1),
+                )
+                for i in range(n)
+            ]
+        )
+        self.register_buffer("theta", torch.ones(n, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(n, dtype=torch.float32))
+        if neuron == "leaky":
+            self.leaks = nn.ParameterList(
+                [nn.Parameter(torch.full((s.out_channels,), float(leak_init))) for s in arch.stages]
+            )
+        else:
+            self.leaks = None
+        self.calibrate_scales()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.convs)
+
+    @torch.no_grad()
+    def calibrate_scales(self, mode: str = "max", percentile: float = 99.99) -> None:
+        """Per-layer scale from the current weights (and leaks: they share the layer's units)."""
+        for i, conv in enumerate(self.convs):
+            s = weight_scale(conv.weight, mode, percentile)  # type: ignore[arg-type]
+            self.scale[i] = s
+
+    def thresholds(self, i: int, quantized: bool) -> tuple[float, float]:
+        """(threshold_high, threshold_low) of layer i in its integer units."""
+        s = float(self.scale[i])
+        theta = float(self.theta[i])
+        last = i == self.num_layers - 1
+        if quantized:
+            high = quantize_threshold(theta, s)
+            low = STATE_MIN if last else quantize_threshold_low(self.theta_low * theta, s, high)
+            return float(high), float(low)
+        return theta / s, float(STATE_MIN) if last else max(self.theta_low * theta / s, float(STATE_MIN))
+
+    def weight_units(self, i: int, quantized: bool) -> torch.Tensor:
+        w = self.convs[i].weight
+        return fake_quant_units(w, self.scale[i]) if quantized else w / self.scale[i]
+
+    def leak_units(self, i: int, quantized: bool) -> torch.Tensor | None:
+        if self.leaks is None:
+            return None
+        b = self.leaks[i] * self.theta[i].float()  # leak_init and the parameter are in units of theta
+        return fake_quant_leak_units(b, self.scale[i]) if quantized else b / self.scale[i]
+
+    def reset_states(self) -> None:
+        for layer in self.spiking:
+            for name, _ in list(layer.named_buffers()):
+                layer.register_buffer(name, torch.zeros(0))
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        quantized: bool = True,
+        chip_spikes: dict[int, torch.Tensor] | None = None,
+        ticks: list[int] | None = None,
+    ) -> SNNOutput:
+        """frames: [B, T, C, H, W] event counts per bin.
+
+        ticks: leak ticks in each bin (``leak_ticks``; default one per bin), leaky neurons only.
+
+        chip_spikes: per layer, spike counts [B, T, C, H, W] measured on the chip;
+        they replace that layer's spikes in the forward (straight-through: the
+        value is the chip's, the gradient the sync graph's).
+        """
+        if frames.dim() != 5:
+            raise InvalidArgument("frames", f"must be [B, T, C, H, W], got shape {tuple(frames.shape)}")
+        batch, steps = frames.shape[:2]
+        self.reset_states()
+        x = frames.reshape(batch * steps, *frames.shape[2:])
+        hidden: list[torch.Tensor] = []
+        v_out = spikes = None
+        for i, (conv, iaf, pool) in enumerate(zip(self.convs, self.spiking, self.pools, strict=True)):
+            current = F.conv2d(x, self.weight_units(i, quantized), stride=conv.stride, padding=conv.padding)
+            leak = self.leak_units(i, quantized)
+            if leak is not None:
+                per_step = torch.tensor(ticks if ticks is not None else [1] * steps, dtype=current.dtype)
+                current = current + leak.view(1, -1, 1, 1) * per_step.repeat(batch).view(-1, 1, 1, 1)
+            high, low = self.thresholds(i, quantized)
+            iaf.num_timesteps = steps
+            iaf.spike_threshold.data = torch.tensor(high)
+            iaf.min_v_mem.data = torch.tensor(low)
+            spikes = iaf(current)
+            if chip_spikes is not None and i in chip_spikes:
+                chip = chip_spikes[i].reshape(spikes.shape).to(spikes.dtype)
+                spikes = spikes + (chip - spikes).detach()
+            if i < self.num_layers - 1:
+                hidden.append(spikes.reshape(batch, steps, *spikes.shape[1:]))
+            else:
+                v_out = iaf.recordings["v_mem"]
+            x = pool(spikes)
+        assert spikes is not None and v_out is not None
+        return SNNOutput(
+            spikes=spikes.reshape(batch, steps, -1),
+            v_mem=v_out.reshape(batch, steps, -1),
+            threshold=self.thresholds(self.num_layers - 1, quantized)[0],
+            hidden=hidden,
+        )
+
+
+# ---------------------------------------------------------------- the ANN twin
+
+
+class ANNTwin(nn.Module):
+    """The same convolutions with ReLU (and the same sum pooling), on frames summed over time.
+
+    With ``qat=True`` the weights are fake-quantized with the per-layer scales
+    (int8 grid, straight-through), the grid the converted SNN is exported on.
+    """
+
+    def __init__(self, arch: Architecture = NMNIST_PAPER) -> None:
+        super().__init__()
+        self.arch = arch
+        c_in = arch.in_shape[0]
+        convs = []
+        for s in arch.stages:
+            convs.append(_conv(c_in, s))
+            c_in = s.out_channels
+        self.convs = nn.ModuleList(convs)
+        self.pools = nn.ModuleList([SumPool2d(s.pool) if s.pool > 1 else nn.Identity() for s in arch.stages])
+        self.register_buffer("scale", torch.ones(len(convs), dtype=torch.float32))
+        self.calibrate_scales()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.convs)
+
+    @torch.no_grad()
+    def calibrate_scales(self, mode: str = "max", percentile: float = 99.99) -> None:
+        for i, conv in enumerate(self.convs):
+            self.scale[i] = weight_scale(conv.weight, mode, percentile)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor, qat: bool = False, record: bool = False):
+        """x: [B, C, H, W] (or [B, T, C, H, W], summed over T). Returns logits [B, K]
+        (and with record=True also the list of every layer's activation before pooling)."""
+        if x.dim() == 5:
+            x = x.sum(1)
+        acts = []
+        for i, (conv, pool) in enumerate(zip(self.convs, self.pools, strict=True)):
+            w = fake_quant(conv.weight, self.scale[i]) if qat else conv.weight
+            x = F.conv2d(x, w, stride=conv.stride, padding=conv.padding)
+            if i < self.num_layers - 1:
+                x = F.relu(x)
+            if record:
+                acts.append(x)
+            x = pool(x)
+        logits = x.flatten(1)
+        return (logits, acts) if record else logits
+
+
+@torch.no_grad()
+def data_init(model: SpikingCNN, frames: torch.Tensor, target: float = 2.0, percentile: float = 99.0) -> None:
+    """Rescale each layer's weights, first to last, so the given percentile of its positive
+    input current per bin is ``target`` thresholds (a layer-sequential data-driven init,
+    as LSUV does for ANNs: no layer starts silent or saturated)."""
+    for i in range(model.num_layers):
+        model.calibrate_scales()
+        model.reset_states()
+        captured: dict[str, torch.Tensor] = {}
+        conv = model.convs[i]
+        hook = model.spiking[i].register_forward_pre_hook(
+            lambda _m, args, store=captured: store.setdefault("i", args[0])
+        )
+        try:
+            model(frames, quantized=False)
+        finally:
+            hook.remove()
+        current = captured["i"]
+        positive = current[current > 0]
+        if positive.numel() == 0:
+            continue
+        level = torch.quantile(positive[:1_000_000].float(), percentile / 100.0).item()
+        theta_units = float(model.theta[i]) / float(model.scale[i])
+        conv.weight.mul_(target * theta_units / level)
+    model.calibrate_scales()

@@ -1,0 +1,88 @@
+"""Export to the chip's NetworkSpec: valid, and bit-exact with the simulator's synchronous mode."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from chiploop.architectures import NMNIST_PAPER
+from chiploop.data import NMNIST, default_data_dir, make_batch, readout_for
+from chiploop.errors import NetworkRejected
+from chiploop.export import ann_to_snn, balance, export_spec, integer_layers
+from chiploop.limits import validate
+from chiploop.models import ANNTwin, SpikingCNN, data_init, leak_ticks, scaled_architecture
+from chiploop.run import pack_samples
+from chiploop_server.sim import SimNetwork, run_batch
+
+DATA = default_data_dir()
+needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+
+
+def test_default_model_exports_the_paper_network():
+    torch.manual_seed(0)
+    model = SpikingCNN()
+    spec = export_spec(model, bin_us=64_000)
+    assert len(validate(spec)) == 6 and spec.output_layers == (5,)
+    for i, (layer, q) in enumerate(zip(spec.layers, integer_layers(model), strict=True)):
+        assert layer.weights.dtype == np.int8 and layer.weights.shape == model.convs[i].weight.shape
+        np.testing.assert_array_equal(layer.weights, model.weight_units(i, True).detach().numpy())
+        assert (layer.threshold_high, layer.threshold_low) == tuple(int(t) for t in model.thresholds(i, True))
+        assert layer.threshold_high == q.threshold_high and layer.leak is None
+    assert spec.layers[5].threshold_low == -32768 and spec.layers[0].threshold_low == -spec.layers[0].threshold_high
+
+
+def test_leaky_export_ticks_once_per_bin_and_a_too_big_model_is_refused():
+    spec = export_spec(SpikingCNN(scaled_architecture(NMNIST_PAPER, 0.5), neuron="leaky"), bin_us=40_000)
+    assert all(layer.leak_period_us == 40_000 and layer.leak.dtype == np.int16 for layer in spec.layers)
+    assert leak_ticks(0, 40_000, 4, 40_000) == [0, 1, 1, 1]
+    with pytest.raises(NetworkRejected, match="memory"):
+        export_spec(SpikingCNN(scaled_architecture(NMNIST_PAPER, 4.0)), bin_us=40_000)
+
+
+@needs_data
+@pytest.mark.parametrize("neuron", ["iaf", "leaky"])
+def test_quantized_forward_equals_the_simulators_sync_mode(neuron):
+    """The torch integer network and the simulator's synchronous counterpart agree bit for bit."""
+    torch.manual_seed(1)
+    ds = NMNIST(DATA)
+    ro = readout_for(5, 320_000)
+    batch = make_batch(ds, np.arange(12), ro)
+    frames = torch.from_numpy(batch.frames)
+    model = SpikingCNN(neuron=neuron)
+    data_init(model, frames, target=3.0)
+    ticks = leak_ticks(ro.t0_us, ro.bin_us, ro.num_bins, ro.bin_us)
+    with torch.no_grad():
+        out = model(frames, ticks=ticks)
+    net = SimNetwork.from_spec(export_spec(model, ro.bin_us))
+    events, offsets = pack_samples(batch.events)
+    result = run_batch(net, events, offsets, replace(ro, mode="sync", membrane_layers=(5,)))
+    assert out.spikes.sum() > 0  # not a trivially silent network
+    np.testing.assert_array_equal(result.counts[5], out.spikes.numpy())
+    np.testing.assert_array_equal(result.membranes[5][..., 0, 0], out.v_mem.numpy())
+
+
+@needs_data
+def test_balanced_conversion_keeps_the_ann_grid_and_its_logit_scale():
+    torch.manual_seed(2)
+    ds = NMNIST(DATA)
+    ro = readout_for(1, 320_000)
+    frames = torch.from_numpy(make_batch(ds, np.arange(16), ro).frames)
+    ann = ANNTwin(scaled_architecture(NMNIST_PAPER, 0.5))
+    bal = balance(ann, [frames], percentile=99.9)
+    snn = ann_to_snn(ann, bal)
+    thetas = bal.thetas()
+    assert thetas[0] == pytest.approx(bal.lambdas[0] / bal.input_lambda)
+    assert thetas[3] == pytest.approx(bal.lambdas[3] / bal.lambdas[2])
+    assert bal.logit_per_unit == pytest.approx(np.prod(thetas))
+    for i in range(ann.num_layers):
+        np.testing.assert_array_equal(
+            snn.weight_units(i, True).detach().numpy(),
+            (ann.convs[i].weight / ann.scale[i]).round().clamp(-128, 127).detach().numpy(),
+        )
+    with torch.no_grad():
+        logits = ann(frames, qat=False)
+        score = snn(frames, quantized=False).score  # one bin: the float SNN is the ANN, rounded to spikes
+    aligned = score * bal.logit_per_unit  # the SNN's readout in the ANN's logit units
+    assert np.corrcoef(logits.flatten().numpy(), aligned.flatten().numpy())[0, 1] > 0.85
