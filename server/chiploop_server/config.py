@@ -1,0 +1,151 @@
+"""The daemon's settings: defaults < TOML file < environment (CHIPLOOP_*) < command-line flags.
+
+A TOML file holds the same names as the flags (``max_message_bytes = 67108864``),
+at the top level or in a ``[daemon]`` table. The environment variable of a setting
+is ``CHIPLOOP_`` + its name in capitals (``CHIPLOOP_ADDRESS``, ``CHIPLOOP_BACKEND``,
+``CHIPLOOP_WORKERS``, ...); ``CHIPLOOP_CONFIG`` names the file. An unknown name or a
+value of the wrong kind is refused naming where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from chiploop.errors import InvalidArgument
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "CHIPLOOP_"
+ENV_CONFIG = "CHIPLOOP_CONFIG"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    #: Where to listen. Loopback by default: there is no authentication yet, so exposing
+    #: the daemon (0.0.0.0:50051) is a deliberate choice. Port 0 picks a free port.
+    address: str = "127.0.0.1:50051"
+    backend: str = "sim"
+    #: Threads the backend may use (the simulator runs this many samples of a batch at once).
+    workers: int = 1
+    #: Largest request or response, in bytes; a larger one is refused with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 64 << 20
+    #: Jobs waiting for the device beyond the running one; more is RESOURCE_EXHAUSTED.
+    max_queue: int = 256
+    #: Deployed models kept (least recently used go first).
+    max_models: int = 64
+    #: Stream sessions kept (see chiploop_server.sessions for their lifetime).
+    max_sessions: int = 64
+    #: Streams open at the same time (each holds one server thread while it is open).
+    max_streams: int = 16
+    #: Seconds an ended stream's session stays readable after its last use.
+    session_ttl_s: float = 600.0
+    #: Seconds running calls get to finish on SIGTERM / SIGINT.
+    grace_s: float = 5.0
+    #: When set, the bound port is written there once the daemon serves (how LocalDaemon learns it).
+    port_file: str | None = None
+    #: Compile the backend's kernels before serving, so that the first call is not slow.
+    warm_up: bool = True
+    log_level: str = "INFO"
+
+    def check(self) -> DaemonConfig:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise InvalidArgument("address", f"must be HOST:PORT, got {self.address!r}")
+        positive = ("workers", "max_message_bytes", "max_queue", "max_models", "max_sessions", "max_streams")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InvalidArgument(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("session_ttl_s", "grace_s"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.max_message_bytes > 2**31 - 1:
+            raise InvalidArgument("max_message_bytes", f"gRPC allows at most 2 GiB - 1, got {self.max_message_bytes}")
+        return self
+
+
+_FIELDS = {f.name: f for f in fields(DaemonConfig)}
+_TYPES = {name: type(getattr(DaemonConfig(), name)) for name in _FIELDS}
+_TYPES["port_file"] = str
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _TYPES[name]
+    where = f"{source}" if source.startswith(ENV_PREFIX) else f"{source}: {name}"
+    if value is None:
+        return None
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(where, f"must be {kind.__name__}, got {value!r}") from None
+
+
+def from_mapping(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Checked settings from a mapping (a TOML file's or the flags'); unknown names are refused."""
+    out = {}
+    for name, value in values.items():
+        key = name.replace("-", "_")
+        if key not in _FIELDS:
+            raise InvalidArgument(f"{source}: {name}", f"unknown setting; known: {', '.join(_FIELDS)}")
+        out[key] = _coerce(key, value, source)
+    return out
+
+
+def from_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidArgument("config", f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument("config", f"{path} is not valid TOML: {exc}") from None
+    table = data.pop("daemon", {})
+    if not isinstance(table, dict):
+        raise InvalidArgument(f"{path}: daemon", "must be a table")
+    return from_mapping({**data, **table}, str(path))
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for name in _FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in env and env[key] != "":
+            out[name] = _coerce(name, env[key], key)
+    return out
+
+
+def load(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> DaemonConfig:
+    """The settings from every source; ``flags`` holds only what was given (None: not given)."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    config_file = flags.pop("config", None) or env.get(ENV_CONFIG) or None
+    merged: dict[str, Any] = {}
+    if config_file:
+        merged.update(from_file(config_file))
+    merged.update(from_env(env))
+    merged.update(from_mapping(flags, "flag"))
+    return replace(DaemonConfig(), **merged).check()

@@ -1,0 +1,162 @@
+"""Build and run the gRPC daemon: the Chip service, health checking, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from chiploop.v1 import chiploop_pb2, chiploop_pb2_grpc
+from chiploop.wire import tune_malloc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chiploop_server.config import DaemonConfig
+from chiploop_server.devices import Device, available_backends, open_device
+from chiploop_server.registry import Registry
+from chiploop_server.scheduler import Scheduler
+from chiploop_server.sessions import SessionStore
+from chiploop_server.transport import ChipServicer
+
+log = logging.getLogger("chiploop.daemon")
+
+SERVICE_NAME = chiploop_pb2.DESCRIPTOR.services_by_name["Chip"].full_name
+
+
+def server_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("chiploop")
+    except Exception:  # noqa: BLE001 - running from a source tree that was never installed
+        return "0+unknown"
+
+
+class Daemon:
+    """One device, its registry, scheduler and sessions, behind one gRPC server.
+
+    ``start()`` binds and serves (returns the bound port), ``stop()`` drains and
+    releases the device. Tests build it in-process; ``chiploop serve`` runs it.
+    """
+
+    def __init__(self, config: DaemonConfig, device: Device | None = None) -> None:
+        self.config = config.check()
+        self.device = device if device is not None else open_device(config.backend, workers=config.workers)
+        self.registry = Registry(self.device, max_models=config.max_models)
+        self.scheduler = Scheduler(self.device, max_queue=config.max_queue)
+        self.sessions = SessionStore(max_sessions=config.max_sessions, ttl_s=config.session_ttl_s)
+        self.servicer = ChipServicer(
+            self.device,
+            self.registry,
+            self.scheduler,
+            self.sessions,
+            server_version=server_version(),
+            backends_available=available_backends(),
+            max_message_bytes=config.max_message_bytes,
+            workers=config.workers,
+            max_streams=config.max_streams,
+        )
+        self.health = health.HealthServicer()
+        self.server: grpc.Server | None = None
+        self.port: int | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        host = self.config.address.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    def start(self) -> int:
+        config = self.config
+        limit = config.max_message_bytes
+        self.server = grpc.server(
+            # Each open stream holds a thread; unary calls get the rest.
+            futures.ThreadPoolExecutor(max_workers=config.max_streams + 16, thread_name_prefix="chiploop-grpc"),
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # Notice vanished peers, so their streams end and their sessions can expire.
+                ("grpc.keepalive_time_ms", 60_000),
+                ("grpc.keepalive_timeout_ms", 20_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        chiploop_pb2_grpc.add_ChipServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            self.port = self.server.add_insecure_port(config.address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {config.address}: {exc}") from None
+        if not self.port:
+            raise OSError(f"cannot listen on {config.address} (in use, or not an address of this host)")
+        self.server.start()
+        if config.warm_up:
+            self.device.warm_up()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if config.port_file:
+            path = Path(config.port_file)
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(f"{self.port}\n")
+            tmp.replace(path)  # atomic: a reader never sees half a number
+        log.info("serving backend %s on %s", config.backend, self.address)
+        return self.port
+
+    def stop(self, grace: float | None = None) -> None:
+        """Answer NOT_SERVING, let running calls finish for ``grace`` seconds, release the device."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            self.server.stop(self.config.grace_s if grace is None else grace).wait()
+        self.scheduler.stop(timeout=5.0)
+        self.device.close()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def __enter__(self) -> Daemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(config: DaemonConfig) -> int:
+    """Run the daemon until SIGTERM or SIGINT; the exit status."""
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    tune_malloc()
+    daemon = Daemon(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("%s: stopping (grace %.1f s)", signal.Signals(signum).name, config.grace_s)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.start()
+    print(f"chiploop daemon: backend {config.backend} serving on {daemon.address} (pid {os.getpid()})", flush=True)
+    while not stop.wait(1.0):
+        pass
+    daemon.stop()
+    log.info("stopped")
+    return 0

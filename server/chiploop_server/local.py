@@ -1,0 +1,151 @@
+"""LocalDaemon: a daemon in a child process, for training scripts and tests on one machine.
+
+    with LocalDaemon(backend="sim", workers=1) as daemon:
+        with ChipClient(daemon.address) as chip:
+            ...
+
+A subprocess, not a thread, so the daemon's compute threads do not fight the
+trainer's for the GIL; the child gets NUMBA_NUM_THREADS / OMP_NUM_THREADS =
+``workers`` and the allocator settings that keep large messages fast. The bound
+port comes back through a port file; the context manager returns once the daemon
+answers its health check SERVING, and stops it (SIGTERM, then SIGKILL) on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from chiploop.errors import BackendUnavailable
+
+#: Raised thresholds: big message buffers stay in the heap instead of being mmapped afresh each time.
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
+
+
+class LocalDaemon:
+    def __init__(
+        self,
+        backend: str = "sim",
+        workers: int = 1,
+        address: str = "127.0.0.1:0",
+        extra_args: tuple[str, ...] | list[str] = (),
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 120.0,
+        log_path: str | os.PathLike | None = None,
+    ) -> None:
+        self.backend = backend
+        self.workers = int(workers)
+        self.bind = address
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self._log_path = Path(log_path) if log_path else None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise BackendUnavailable("the local daemon is not running")
+        host = self.bind.rpartition(":")[0]
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        assert self._log_path is not None
+        return self._log_path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def start(self) -> LocalDaemon:
+        self._tmp = tempfile.TemporaryDirectory(prefix="chiploop-daemon-")
+        port_file = Path(self._tmp.name) / "port"
+        if self._log_path is None:
+            self._log_path = Path(self._tmp.name) / "daemon.log"
+        threads = str(self.workers)
+        env = {
+            **os.environ,
+            **MALLOC_ENV,
+            "NUMBA_NUM_THREADS": threads,
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+        command = [
+            sys.executable, "-m", "chiploop_server", "serve",
+            "--address", self.bind, "--backend", self.backend, "--workers", threads,
+            "--port-file", str(port_file), *self.extra_args,
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            # Output goes to a file: a pipe nobody reads would fill and stall the daemon.
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + self.startup_timeout
+        while not port_file.exists():
+            if self.process.poll() is not None:
+                tail = self.log_tail()
+                self._cleanup()
+                raise BackendUnavailable(f"the local daemon exited at start-up (status {self.process.returncode}):\n{tail}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BackendUnavailable(f"the local daemon did not serve within {self.startup_timeout:g} s")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        self._wait_healthy(deadline)
+        return self
+
+    def _wait_healthy(self, deadline: float) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    tail = self.log_tail()
+                    self.stop()
+                    raise BackendUnavailable(f"the local daemon never became healthy:\n{tail}")
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM (graceful), SIGKILL after ``timeout``; the exit status."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.port = None
+        self._cleanup()
+        return None if process is None else process.returncode
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            if self._log_path is not None and self._log_path.parent == Path(self._tmp.name):
+                self._log_path = None  # it goes with the folder
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalDaemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

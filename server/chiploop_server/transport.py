@@ -1,0 +1,301 @@
+"""The gRPC servicer: decode -> validate -> submit a job -> encode. Nothing else lives here.
+
+Every chiploop.errors exception becomes its class's status code with the
+exception's message (which names the field); anything else becomes INTERNAL with
+a message, is logged with its traceback, and the daemon keeps serving.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+from chiploop import wire
+from chiploop.errors import (
+    ChiploopError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from chiploop.events import DVS_EVENT_DTYPE, check_dvs_events
+from chiploop.v1 import chiploop_pb2 as pb
+from chiploop.v1 import chiploop_pb2_grpc as pb_grpc
+
+from chiploop_server.devices.base import Device
+from chiploop_server.jobs import Job, deadline_from
+from chiploop_server.registry import Registry
+from chiploop_server.scheduler import Scheduler
+from chiploop_server.sessions import SessionEntry, SessionStore
+
+log = logging.getLogger("chiploop.transport")
+
+ANONYMOUS = "anonymous"
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message an exception is answered with."""
+    if isinstance(exc, ChiploopError):
+        return getattr(grpc.StatusCode, exc.grpc_code_name, grpc.StatusCode.INTERNAL), str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}: {exc}); the daemon's log has the traceback"
+
+
+def user_of(context: grpc.ServicerContext) -> str:
+    """Who asks: from ``authorization: Bearer <token>`` metadata (no auth yet; the name is recorded).
+
+    The token itself is never stored or logged, only a short hash of it.
+    """
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+            return "token-" + hashlib.sha256(token.strip().encode()).hexdigest()[:12]
+    return ANONYMOUS
+
+
+def _answer_errors(method: Callable) -> Callable:
+    """Turn exceptions of a unary method into gRPC statuses."""
+
+    @functools.wraps(method)
+    def wrapper(self: ChipServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, none kills the daemon
+            code, message = self._failed(method.__name__, exc)
+        context.abort(code, message)
+
+    return wrapper
+
+
+def _answer_stream_errors(method: Callable) -> Callable:
+    """The same for a method that yields its responses."""
+
+    @functools.wraps(method)
+    def wrapper(self: ChipServicer, request_iterator: Any, context: grpc.ServicerContext) -> Iterator:
+        try:
+            yield from method(self, request_iterator, context)
+            return
+        except Exception as exc:  # noqa: BLE001
+            code, message = self._failed(method.__name__, exc)
+        context.abort(code, message)
+
+    return wrapper
+
+
+def _required(parent: Any, name: str, field: str | None = None) -> Any:
+    if not parent.HasField(name):
+        raise InvalidArgument(field or name, "missing")
+    return getattr(parent, name)
+
+
+class ChipServicer(pb_grpc.ChipServicer):
+    def __init__(
+        self,
+        device: Device,
+        registry: Registry,
+        scheduler: Scheduler,
+        sessions: SessionStore,
+        *,
+        server_version: str,
+        backends_available: list[str],
+        max_message_bytes: int,
+        workers: int,
+        max_streams: int = 16,
+    ) -> None:
+        self.device = device
+        self.registry = registry
+        self.scheduler = scheduler
+        self.sessions = sessions
+        self.server_version = server_version
+        self.backends_available = list(backends_available)
+        self.max_message_bytes = max_message_bytes
+        self.workers = workers
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
+
+    # ------------------------------------------------------------ plumbing
+
+    def _failed(self, rpc: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        code, message = status_of(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s failed: %s", rpc, message, exc_info=exc)
+        else:
+            log.info("%s refused (%s): %s", rpc, code.name, message)
+        return code, message
+
+    def _do(self, context: grpc.ServicerContext, kind: str, user: str, payload: Callable[[Device], Any], size: int = 0) -> Any:
+        """Run ``payload`` on the device's worker within the caller's deadline; return its result."""
+        job = Job(kind, user, payload, deadline_from(context.time_remaining()), size=size)
+        future = self.scheduler.submit(job)
+        # The RPC ending early (cancelled, deadline) drops the job if it still waits in the queue.
+        context.add_callback(future.cancel)
+        return self._wait(job, future)
+
+    @staticmethod
+    def _wait(job: Job, future: concurrent.futures.Future) -> Any:
+        timeout = None if job.deadline is None else max(0.0, job.deadline - time.monotonic())
+        try:
+            return future.result(timeout=timeout)
+        except ChiploopError:
+            raise
+        except concurrent.futures.TimeoutError:
+            state = "running" if future.running() else "queued"
+            raise DeadlineExceeded(f"the deadline passed while the {job.kind} was {state}") from None
+        except concurrent.futures.CancelledError:
+            raise DeadlineExceeded(f"the {job.kind} was cancelled: the call ended before it started") from None
+
+    # ------------------------------------------------------------ models
+
+    @_answer_errors
+    def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
+        info = self.device.info()
+        response = pb.GetInfoResponse(
+            backend=info["backend"],
+            chip_model=info["chip_model"],
+            server_version=self.server_version,
+            protocol_version=wire.PROTOCOL_VERSION,
+            backends_available=self.backends_available,
+            max_message_bytes=self.max_message_bytes,
+            workers=self.workers,
+            models_deployed=len(self.registry),
+            queue_depth=self.scheduler.depth(),
+            sessions_open=len(self.sessions),
+        )
+        wire.encode_limits(info["limits"], response.limits)
+        return response
+
+    @_answer_errors
+    def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
+        user_of(context)
+        spec = wire.decode_network(_required(request, "network"))
+        model, cached = self.registry.deploy(spec)
+        return pb.DeployResponse(model_id=model.model_id, cores=model.cores, cached=cached)
+
+    @_answer_errors
+    def UpdateWeights(
+        self, request: pb.UpdateWeightsRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateWeightsResponse:
+        user_of(context)
+        updates = wire.decode_updates(request.updates)
+        model, _ = self.registry.update(request.model_id, updates)
+        return pb.UpdateWeightsResponse(model_id=model.model_id)
+
+    @_answer_errors
+    def Run(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunResponse:
+        user = user_of(context)
+        model = self.registry.get(request.model_id)
+        readout = wire.decode_readout(request.readout)
+        readout.check(len(model.spec.layers))
+        events = wire.decode_array(_required(request, "events"), "events", dtype=DVS_EVENT_DTYPE, ndim=1)
+        offsets = wire.decode_array(_required(request, "offsets"), "offsets", dtype=np.dtype("<i8"), ndim=1)
+        check_dvs_events(events, model.spec.input.sensor_size, "events", offsets=offsets)
+        result = self._do(
+            context, "run", user, lambda device: device.run(model.handle, events, offsets, readout), size=events.size
+        )
+        return wire.encode_run_result(result, model.model_id)
+
+    # ------------------------------------------------------------ stream sessions
+
+    @_answer_stream_errors
+    def StreamEvents(self, request_iterator: Iterator[pb.StreamRequest], context: grpc.ServicerContext) -> Iterator:
+        user = user_of(context)
+        if not self._streams.acquire(blocking=False):
+            raise ResourceExhausted(f"{self.max_streams} streams are open (the daemon's max_streams); retry later")
+        entry: SessionEntry | None = None
+        try:
+            first = next(request_iterator, None)
+            if first is None:
+                return
+            if first.WhichOneof("body") != "open":
+                raise InvalidArgument("open", "the first message of a stream must be `open` (model id and readout)")
+            model = self.registry.get(first.open.model_id)
+            readout = wire.decode_readout(first.open.readout)
+            readout.check(len(model.spec.layers))
+            session = self._do(context, "open", user, lambda device: device.open_session(model.handle, readout))
+            entry = self.sessions.add(
+                user, model.model_id, readout, model.spec.input.sensor_size, len(model.spec.layers), session
+            )
+            yield pb.StreamResponse(session_id=entry.session_id)
+            for request in request_iterator:
+                if request.WhichOneof("body") != "events":
+                    raise InvalidArgument("open", "a stream is opened once; every later message carries events")
+                events = wire.decode_array(request.events, "events", dtype=DVS_EVENT_DTYPE, ndim=1)
+                check_dvs_events(events, entry.sensor_size, "events")
+                response = pb.StreamResponse(session_id=entry.session_id)
+                out = self._do(context, "feed", user, functools.partial(_feed, entry, events), size=events.size)
+                wire.encode_array(out, response.output_events, "output_events")
+                response.events_in = entry.events_in
+                yield response
+        finally:
+            if entry is not None:
+                self.sessions.end_stream(entry.session_id)
+            self._streams.release()
+
+    @_answer_errors
+    def ReadOutputs(self, request: pb.SessionRequest, context: grpc.ServicerContext) -> pb.ReadOutputsResponse:
+        user = user_of(context)
+        entry = self.sessions.get(request.session_id, user)
+
+        def read(device: Device) -> tuple:
+            s = entry.session
+            return s.output_events(), s.counts(), s.counters()
+
+        events, counts, counters = self._do(context, "read_outputs", user, read)
+        response = pb.ReadOutputsResponse()
+        wire.encode_array(events, response.output_events, "output_events")
+        wire.encode_layer_arrays(counts, response.counts, "counts")
+        wire.encode_array(np.asarray(counters, np.int64), response.counters, "counters")
+        return response
+
+    @_answer_errors
+    def ReadMembranes(self, request: pb.SessionRequest, context: grpc.ServicerContext) -> pb.ReadMembranesResponse:
+        user = user_of(context)
+        entry = self.sessions.get(request.session_id, user)
+        layers = tuple(request.layers) or entry.readout.membrane_layers
+        if not layers:
+            raise InvalidArgument("layers", "name the layers to read (the session's readout names none)")
+        for layer in layers:
+            if not 0 <= layer < entry.num_layers:
+                raise InvalidArgument("layers", f"no layer {layer} (network has {entry.num_layers})")
+        membranes = self._do(context, "read_membranes", user, lambda device: entry.session.membranes(layers))
+        response = pb.ReadMembranesResponse()
+        wire.encode_layer_arrays(membranes, response.membranes, "membranes")
+        return response
+
+    @_answer_errors
+    def Reset(self, request: pb.ResetRequest, context: grpc.ServicerContext) -> pb.ResetResponse:
+        user = user_of(context)
+        entry = self.sessions.get(request.session_id, user)
+        self._do(context, "reset", user, functools.partial(_reset, entry))
+        return pb.ResetResponse()
+
+
+# Session state changes run on the device's worker thread, so they never race each other.
+
+
+def _feed(entry: SessionEntry, events: np.ndarray, device: Device) -> np.ndarray:
+    if events.size and events["t"][0] < entry.last_t:
+        raise InvalidArgument(
+            "events[0].t",
+            f"goes back in time: {events['t'][0]} is before {entry.last_t}, the newest event this session took",
+        )
+    out = entry.session.feed(events)
+    entry.events_in += int(events.size)
+    if events.size:
+        entry.last_t = int(events["t"][-1])
+    return out
+
+
+def _reset(entry: SessionEntry, device: Device) -> None:
+    entry.session.reset()
+    entry.events_in = 0
+    entry.last_t = -1
