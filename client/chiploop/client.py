@@ -1,0 +1,445 @@
+"""ChipClient: the trainer's handle on a chip daemon (numpy in, numpy out).
+
+    with ChipClient("127.0.0.1:50051") as chip:
+        model = chip.deploy(spec)
+        result = chip.run(model.model_id, samples, readout=Readout(bin_us=60_000, num_bins=5))
+        new_id = chip.update_weights(model.model_id, {5: int8_weights})
+
+Every server refusal surfaces as the matching chiploop.errors exception carrying
+the server's message (which names the field). Idempotent calls (GetInfo, Deploy,
+UpdateWeights, Run and the session reads) are retried with exponential backoff
+when the daemon is UNAVAILABLE. A large batch is cut at sample boundaries into
+chunks of at most ``max_chunk_bytes`` (request, and estimated response), sent
+several at a time, and the results joined in order.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from chiploop import wire
+from chiploop.errors import (
+    ERROR_CLASSES,
+    BackendUnavailable,
+    ChiploopError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+)
+from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE
+from chiploop.limits import ChipLimits
+from chiploop.run import Readout, RunResult, pack_samples
+from chiploop.spec import NetworkSpec
+from chiploop.v1 import chiploop_pb2 as pb
+from chiploop.v1 import chiploop_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+#: Bytes one DVS event takes on the wire.
+EVENT_BYTES = DVS_EVENT_DTYPE.itemsize
+
+
+@dataclass(frozen=True)
+class ChipInfo:
+    backend: str
+    chip_model: str
+    server_version: str
+    protocol_version: int
+    limits: ChipLimits
+    backends_available: tuple[str, ...]
+    max_message_bytes: int
+    workers: int
+    models_deployed: int
+    queue_depth: int
+    sessions_open: int
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model_id: str
+    cores: tuple[int, ...]  # the core of each layer
+    cached: bool  # the daemon had this network already
+
+
+def error_from_rpc(exc: grpc.RpcError, address: str = "") -> ChiploopError:
+    """The chiploop.errors exception of a failed call, with the server's message."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    name = code.name if code is not None else "UNKNOWN"
+    cls = ERROR_CLASSES.get(name)
+    if cls is None:
+        return ChiploopError(f"{name}: {details}")
+    if issubclass(cls, InvalidArgument):
+        # The server's message is "field: what is wrong"; keep the field for callers that branch on it.
+        field, sep, message = details.partition(": ")
+        return InvalidArgument(field, message) if sep and " " not in field else InvalidArgument("", details)
+    if cls is BackendUnavailable and address:
+        return BackendUnavailable(f"{address}: {details}")
+    return cls(details)
+
+
+class ChipClient:
+    """A connection to one chip daemon; thread-safe; also a context manager."""
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        max_chunk_bytes: int = 4 << 20,
+        max_in_flight: int = 4,
+        backoff_s: float = 0.1,
+    ) -> None:
+        if max_chunk_bytes < EVENT_BYTES:
+            raise InvalidArgument("max_chunk_bytes", f"must be >= {EVENT_BYTES}, got {max_chunk_bytes}")
+        wire.tune_malloc()
+        self.address = address
+        self.timeout = timeout
+        self.retries = max(0, int(retries))
+        self.max_chunk_bytes = int(max_chunk_bytes)
+        self.max_in_flight = max(1, int(max_in_flight))
+        self.backoff_s = backoff_s
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        # The daemon enforces its own message limit; the client takes whatever it sends.
+        self._channel = grpc.insecure_channel(
+            address, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        )
+        self._stub = pb_grpc.ChipStub(self._channel)
+        self._specs: OrderedDict[str, NetworkSpec] = OrderedDict()  # to estimate response sizes
+        self._specs_lock = threading.Lock()
+        self._chunk_pool: ThreadPoolExecutor | None = None
+        self._async_pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ChipClient({self.address!r})"
+
+    # ------------------------------------------------------------ calls
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None, idempotent: bool = True) -> T:
+        attempts = 1 + (self.retries if idempotent else 0)
+        for attempt in range(attempts):
+            try:
+                return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
+                    delay = self.backoff_s * (2**attempt)
+                    time.sleep(delay * (0.5 + random.random()))  # jitter: clients that failed together retry apart
+                    continue
+                raise error_from_rpc(exc, self.address) from None
+        raise AssertionError("unreachable")
+
+    def info(self, timeout: float | None = None) -> ChipInfo:
+        r = self._call(self._stub.GetInfo, pb.GetInfoRequest(), timeout)
+        return ChipInfo(
+            backend=r.backend,
+            chip_model=r.chip_model,
+            server_version=r.server_version,
+            protocol_version=r.protocol_version,
+            limits=wire.decode_limits(r.limits),
+            backends_available=tuple(r.backends_available),
+            max_message_bytes=r.max_message_bytes,
+            workers=r.workers,
+            models_deployed=r.models_deployed,
+            queue_depth=r.queue_depth,
+            sessions_open=r.sessions_open,
+        )
+
+    def deploy(self, spec: NetworkSpec, timeout: float | None = None) -> Deployment:
+        """Send a network (int8 weights); the daemon validates it against the chip and keeps it."""
+        if not isinstance(spec, NetworkSpec):
+            raise InvalidArgument("spec", f"must be a chiploop.spec.NetworkSpec, got {type(spec).__name__}")
+        request = pb.DeployRequest()
+        wire.encode_network(spec, request.network)
+        r = self._call(self._stub.Deploy, request, timeout)
+        self._remember(r.model_id, spec)
+        return Deployment(model_id=r.model_id, cores=tuple(r.cores), cached=r.cached)
+
+    def update_weights(self, model_id: str, updates: Mapping[int, Any], timeout: float | None = None) -> str:
+        """The id of the model with some layers changed: ``{layer: int8 weights}`` or
+        ``{layer: {"weights": .., "leak": .., "threshold_high": .., "threshold_low": ..}}``."""
+        request = pb.UpdateWeightsRequest(model_id=model_id)
+        wire.encode_updates(updates, request.updates)
+        r = self._call(self._stub.UpdateWeights, request, timeout)
+        with self._specs_lock:
+            spec = self._specs.get(model_id)
+        if spec is not None:  # same shapes: the size estimate carries over
+            self._remember(r.model_id, spec)
+        return r.model_id
+
+    def _remember(self, model_id: str, spec: NetworkSpec) -> None:
+        with self._specs_lock:
+            self._specs[model_id] = spec
+            self._specs.move_to_end(model_id)
+            while len(self._specs) > 64:
+                self._specs.popitem(last=False)
+
+    # ------------------------------------------------------------ runs
+
+    def run(
+        self,
+        model_id: str,
+        samples: list[np.ndarray] | tuple[np.ndarray, np.ndarray] | np.ndarray,
+        readout: Readout | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Run a batch: a list of per-sample DVS event arrays, or packed ``(events, offsets)``
+        (one array alone is one sample). Each sample starts from zero states."""
+        readout = Readout() if readout is None else readout
+        events, offsets = pack_batch(samples)
+        template = pb.RunRequest(model_id=model_id)
+        wire.encode_readout(readout, template.readout)
+        bounds = self._chunk_bounds(model_id, offsets, readout)
+        if len(bounds) == 1:
+            return self._run_chunk(template, events, offsets, 0, offsets.size - 1, timeout)
+        pool = self._pool("_chunk_pool", self.max_in_flight)
+        futures = [pool.submit(self._run_chunk, template, events, offsets, a, b, timeout) for a, b in bounds]
+        return RunResult.concatenate([f.result() for f in futures])
+
+    def run_async(
+        self,
+        model_id: str,
+        samples: list[np.ndarray] | tuple[np.ndarray, np.ndarray] | np.ndarray,
+        readout: Readout | None = None,
+        timeout: float | None = None,
+    ) -> Future:
+        """``run`` in the background: a Future of the RunResult (overlap the chip with your own work)."""
+        return self._pool("_async_pool", 4).submit(self.run, model_id, samples, readout, timeout)
+
+    def _run_chunk(
+        self, template: pb.RunRequest, events: np.ndarray, offsets: np.ndarray, a: int, b: int, timeout: float | None
+    ) -> RunResult:
+        request = pb.RunRequest()
+        request.CopyFrom(template)
+        lo, hi = int(offsets[a]), int(offsets[b])
+        wire.encode_array(events[lo:hi], request.events, "events")
+        wire.encode_array(offsets[a : b + 1] - lo, request.offsets, "offsets")
+        try:
+            response = self._call(self._stub.Run, request, timeout)
+        except ResourceExhausted as exc:
+            # A response over the daemon's message limit (outputs are not known in advance):
+            # halve the chunk until it fits, or one sample alone is too big.
+            if b - a > 1 and "message" in str(exc).lower() and "larger than" in str(exc).lower():
+                mid = (a + b) // 2
+                return RunResult.concatenate(
+                    [
+                        self._run_chunk(template, events, offsets, a, mid, timeout),
+                        self._run_chunk(template, events, offsets, mid, b, timeout),
+                    ]
+                )
+            raise
+        return wire.decode_run_result(response, writable=True)
+
+    def _chunk_bounds(self, model_id: str, offsets: np.ndarray, readout: Readout) -> list[tuple[int, int]]:
+        """Sample ranges [a, b) whose request (and known part of the response) fit max_chunk_bytes."""
+        n = offsets.size - 1
+        if n <= 1:
+            return [(0, max(n, 0))]
+        cost = np.diff(offsets) * EVENT_BYTES + self._response_bytes_per_sample(model_id, readout)
+        bounds, a, total = [], 0, 0
+        for i in range(n):
+            if i > a and total + cost[i] > self.max_chunk_bytes:
+                bounds.append((a, i))
+                a, total = i, 0
+            total += int(cost[i])
+        bounds.append((a, n))
+        return bounds
+
+    def _response_bytes_per_sample(self, model_id: str, readout: Readout) -> int:
+        """Counts, membranes and counters of one sample (output events are not known in advance)."""
+        with self._specs_lock:
+            spec = self._specs.get(model_id)
+        if spec is None:
+            return 0
+        try:
+            shapes = [out for _, out in spec.layer_shapes()]
+        except ChiploopError:
+            return 0
+        recorded = set(spec.output_layers) | set(spec.monitor)
+        t = readout.num_bins
+        size = 8 * (4 + len(shapes))
+        for layer in recorded:
+            f, h, w = shapes[layer]
+            size += 4 * t * (f * h * w if readout.spatial_counts else f)
+        for layer in readout.membrane_layers:
+            if 0 <= layer < len(shapes):
+                f, h, w = shapes[layer]
+                size += 2 * t * f * h * w
+        return size
+
+    def _pool(self, name: str, workers: int) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            pool = getattr(self, name)
+            if pool is None:
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"chiploop-client{name}")
+                setattr(self, name, pool)
+            return pool
+
+    # ------------------------------------------------------------ stream sessions
+
+    def stream(self, model_id: str, readout: Readout | None = None, timeout: float | None = None) -> ChipStream:
+        """Open a stream session: ``send`` chunks of events, read outputs and membranes, reset.
+
+        ``timeout`` bounds the whole stream (default: none); each send waits at most
+        the client's timeout for its answer.
+        """
+        return ChipStream(self, model_id, Readout() if readout is None else readout, timeout)
+
+    def read_outputs(self, session_id: str, timeout: float | None = None) -> SessionOutputs:
+        r = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id), timeout)
+        return SessionOutputs(
+            output_events=np.array(wire.decode_array(r.output_events, "output_events", CHIP_EVENT_DTYPE, 1)),
+            counts={k: np.array(v) for k, v in wire.decode_layer_arrays(r.counts, "counts", np.dtype("<i4")).items()},
+            counters=np.array(wire.decode_array(r.counters, "counters", np.dtype("<i8"), 1)),
+        )
+
+    def read_membranes(
+        self, session_id: str, layers: tuple[int, ...] = (), timeout: float | None = None
+    ) -> dict[int, np.ndarray]:
+        request = pb.SessionRequest(session_id=session_id, layers=[int(x) for x in layers])
+        r = self._call(self._stub.ReadMembranes, request, timeout)
+        return {k: np.array(v) for k, v in wire.decode_layer_arrays(r.membranes, "membranes", np.dtype("<i2")).items()}
+
+    def reset(self, session_id: str, timeout: float | None = None) -> None:
+        self._call(self._stub.Reset, pb.ResetRequest(session_id=session_id), timeout)
+
+    # ------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        for pool in (self._chunk_pool, self._async_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._channel.close()
+
+    def __enter__(self) -> ChipClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class SessionOutputs:
+    """Everything a session produced since it opened or was reset."""
+
+    output_events: np.ndarray  # CHIP_EVENT_DTYPE
+    counts: dict[int, np.ndarray]  # per output / monitored layer: int32 [T, f] (or [T, f, H, W])
+    counters: np.ndarray  # int64 [4 + layers]: chiploop.run.COUNTER_NAMES, then spikes per layer
+
+
+_END = object()
+
+
+class ChipStream:
+    """One StreamEvents call: the session it opened stays readable after ``close`` (until it expires)."""
+
+    def __init__(self, client: ChipClient, model_id: str, readout: Readout, timeout: float | None) -> None:
+        self._client = client
+        self._requests: queue.Queue = queue.Queue()
+        self._closed = False
+        opening = pb.StreamRequest()
+        opening.open.model_id = model_id
+        wire.encode_readout(readout, opening.open.readout)
+        self._requests.put(opening)
+        self._call = client._stub.StreamEvents(
+            iter(self._requests.get, _END), timeout=timeout, metadata=client._metadata
+        )
+        first = self._next()
+        self.session_id: str = first.session_id
+        self.events_in = 0
+
+    def _next(self) -> pb.StreamResponse:
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            self._closed = True
+            raise error_from_rpc(exc, self._client.address) from None
+        except StopIteration:
+            self._closed = True
+            raise FailedPrecondition("the daemon ended the stream") from None
+
+    def send(self, events: np.ndarray) -> np.ndarray:
+        """Feed the next time-sorted chunk of DVS events; the chip events it caused."""
+        if self._closed:
+            raise FailedPrecondition("the stream is closed (read the session with read_outputs / read_membranes)")
+        check_event_dtype(events, "events")
+        request = pb.StreamRequest()
+        wire.encode_array(events, request.events, "events")
+        self._requests.put(request)
+        response = self._next()
+        self.events_in = response.events_in
+        return np.array(wire.decode_array(response.output_events, "output_events", CHIP_EVENT_DTYPE, 1))
+
+    def read_outputs(self, timeout: float | None = None) -> SessionOutputs:
+        return self._client.read_outputs(self.session_id, timeout)
+
+    def read_membranes(self, layers: tuple[int, ...] = (), timeout: float | None = None) -> dict[int, np.ndarray]:
+        """Current int16 [f, H, W] states (default: the readout's membrane layers)."""
+        return self._client.read_membranes(self.session_id, tuple(layers), timeout)
+
+    def reset(self, timeout: float | None = None) -> None:
+        """Zero the session's states and forget its outputs (the stream stays open)."""
+        self._client.reset(self.session_id, timeout)
+
+    def close(self) -> None:
+        """End the stream (the session stays readable by id until it expires)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._requests.put(_END)
+        try:
+            for _ in self._call:  # the server answers every chunk before it sees the end
+                pass
+        except grpc.RpcError:
+            pass
+
+    def __enter__(self) -> ChipStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None and not self._closed:
+            self._call.cancel()
+            self._closed = True
+        self.close()
+
+    def __iter__(self) -> Iterator:  # a stream is not an iterable of responses; be explicit about it
+        raise TypeError("use send(events) to feed a ChipStream")
+
+
+def check_event_dtype(events: Any, field: str) -> None:
+    if not isinstance(events, np.ndarray) or events.dtype != DVS_EVENT_DTYPE:
+        got = getattr(events, "dtype", type(events).__name__)
+        raise InvalidArgument(field, f"dtype must be chiploop.events.DVS_EVENT_DTYPE {DVS_EVENT_DTYPE.descr}, got {got}")
+    if events.ndim != 1:
+        raise InvalidArgument(field, f"must be one-dimensional, got shape {events.shape}")
+
+
+def pack_batch(samples: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(events, offsets) from a list of samples, a packed pair, or one sample's array."""
+    if isinstance(samples, np.ndarray):
+        samples = [samples]
+    if isinstance(samples, tuple) and len(samples) == 2 and isinstance(samples[1], np.ndarray) and (
+        samples[1].dtype.names is None
+    ):
+        events, offsets = samples
+        check_event_dtype(events, "events")
+        offsets = np.asarray(offsets)
+        if offsets.dtype.kind not in "iu" or offsets.ndim != 1:
+            raise InvalidArgument("offsets", f"must be a 1-D integer array [n + 1], got {offsets.dtype} {offsets.shape}")
+        return events, offsets.astype(np.int64, copy=False)
+    samples = list(samples)
+    for i, sample in enumerate(samples):
+        check_event_dtype(sample, f"samples[{i}]")
+    return pack_samples(samples)
