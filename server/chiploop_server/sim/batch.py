@@ -1,0 +1,197 @@
+"""run_batch: a batch of samples through the simulator, samples in parallel threads."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from chiploop.errors import InvalidArgument, ResourceExhausted
+from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events
+from chiploop.run import COUNTER_NAMES, Readout, RunResult
+
+from chiploop_server.sim.input_stage import map_input
+from chiploop_server.sim.kernel_async import initial_ticks, run_async
+from chiploop_server.sim.kernel_sync import run_sync
+from chiploop_server.sim.network import HAS_LEAK, LEAK_PERIOD, SimNetwork
+
+N_COUNTERS = len(COUNTER_NAMES)
+INPUT_EVENTS, DROPPED_EVENTS, SYNOPS, OUTPUT_EVENTS = range(N_COUNTERS)
+
+#: Spikes one sample (or one stream chunk) may cause before the run is refused: an
+#: over-excited network's cascades grow without useful bound and would eat the host.
+MAX_SPIKES_PER_SAMPLE = 10_000_000
+#: Leak-tick neuron updates one sample may need (ticks x neurons), checked before running.
+MAX_TICK_UPDATES = 2_000_000_000
+
+
+def check_tick_work(net: SimNetwork, t_from: int, t_until: int) -> None:
+    """Refuse a time span whose leak ticks alone would take minutes (e.g. a 1 us period over hours)."""
+    work = 0
+    for layer, period in enumerate(net.meta[:, LEAK_PERIOD]):
+        if net.meta[layer, HAS_LEAK]:
+            ticks = max(0, t_until // int(period) - t_from // int(period))
+            work += ticks * int(np.prod(net.out_shape(layer)))
+            if work > MAX_TICK_UPDATES:
+                raise ResourceExhausted(
+                    f"layers[{layer}].leak_period_us: {period} us over {t_until - t_from} us needs more than "
+                    f"{MAX_TICK_UPDATES} leak updates; use a longer period or a shorter window"
+                )
+
+
+def runaway(max_spikes: int, where: str) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"{where} caused more than {max_spikes} spikes: the network is runaway "
+        "(raise thresholds or lower weights)"
+    )
+
+
+def check_readout(net: SimNetwork, readout: Readout) -> None:
+    if not isinstance(readout, Readout):
+        raise InvalidArgument("readout", f"must be a chiploop.run.Readout, got {type(readout).__name__}")
+    readout.check(net.num_layers)
+
+
+def count_layout(net: SimNetwork, readout: Readout) -> tuple[np.ndarray, dict[int, tuple[int, ...]], int]:
+    """Offsets of each recorded layer's counts in a sample's flat int32 buffer, their shapes, the size."""
+    ofs = np.full(net.num_layers, -1, np.int64)
+    shapes: dict[int, tuple[int, ...]] = {}
+    size = 0
+    for layer in net.recorded_layers():
+        f, h, w = net.out_shape(layer)
+        shape = (readout.num_bins, f, h, w) if readout.spatial_counts else (readout.num_bins, f)
+        ofs[layer] = size
+        shapes[layer] = shape
+        size += int(np.prod(shape))
+    return ofs, shapes, size
+
+
+def snapshot_layout(net: SimNetwork, readout: Readout) -> tuple[np.ndarray, int]:
+    """Offsets of each snapshot layer's [T, H, W, f] states in a sample's flat int16 buffer, the size."""
+    ofs = np.full(net.num_layers, -1, np.int64)
+    size = 0
+    for layer in dict.fromkeys(readout.membrane_layers):
+        ofs[layer] = size
+        size += readout.num_bins * int(np.prod(net.out_shape(layer)))
+    return ofs, size
+
+
+def chip_events(net: SimNetwork, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Kernel output (packed keys, times) -> CHIP_EVENT_DTYPE."""
+    out = np.empty(keys.size, CHIP_EVENT_DTYPE)
+    out["x"] = keys & 127
+    out["y"] = (keys >> 7) & 127
+    out["k"] = (keys >> 14) & 2047
+    out["layer"] = keys >> 25
+    out["t"] = times
+    return out
+
+
+def run_batch(
+    net: SimNetwork,
+    events: np.ndarray,
+    offsets: np.ndarray,
+    readout: Readout,
+    workers: int = 1,
+    max_spikes: int = MAX_SPIKES_PER_SAMPLE,
+) -> RunResult:
+    """Run every sample (states from zero) and return the packed RunResult.
+
+    Samples run in ``workers`` threads (the kernels release the GIL); the result
+    does not depend on ``workers``. A sample causing more than ``max_spikes``
+    spikes makes the whole call raise ResourceExhausted.
+    """
+    started = time.perf_counter()
+    if not isinstance(net, SimNetwork):
+        raise InvalidArgument("net", f"must be a SimNetwork, got {type(net).__name__}")
+    check_readout(net, readout)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InvalidArgument("workers", f"must be an integer >= 1, got {workers!r}")
+    check_dvs_events(events, net.spec.input.sensor_size, field="events", offsets=offsets)
+    n = offsets.size - 1
+    n_layers = net.num_layers
+    if readout.mode != "sync":
+        check_tick_work(net, 0, max(readout.t_end_us - 1, int(events["t"].max()) if events.size else 0))
+
+    c, y, x, kept = map_input(net.spec.input, events)
+    sample_of = np.repeat(np.arange(n), np.diff(offsets))
+    counters = np.zeros((n, N_COUNTERS + n_layers), np.int64)
+    counters[:, INPUT_EVENTS] = np.diff(offsets)
+    counters[:, DROPPED_EVENTS] = np.bincount(sample_of[~kept], minlength=n)
+    kept_offsets = np.zeros(n + 1, np.int64)
+    kept_offsets[1:] = np.cumsum(np.bincount(sample_of[kept], minlength=n))
+    c, y, x, t = c[kept], y[kept], x[kept], np.ascontiguousarray(events["t"][kept])
+
+    cnt_ofs, cnt_shapes, cnt_size = count_layout(net, readout)
+    mem_ofs, mem_size = snapshot_layout(net, readout)
+    counts = np.zeros((n, cnt_size), np.int32)
+    snaps = np.zeros((n, mem_size), np.int16)
+    outputs: list[np.ndarray] = [np.zeros(0, CHIP_EVENT_DTYPE)] * n
+    first_ticks = initial_ticks(net.meta)
+    sync = readout.mode == "sync"
+    bfs = readout.mode == "breadth_first"
+    hop = int(net.spec.hop_latency_us)
+    t0, bin_us, num_bins = int(readout.t0_us), int(readout.bin_us), int(readout.num_bins)
+
+    def one(i: int) -> None:
+        a, b = kept_offsets[i], kept_offsets[i + 1]
+        state = np.zeros(net.num_states, np.int16)
+        layer_spikes = counters[i, N_COUNTERS:]
+        if sync:
+            keys, times, n_out, synops, spikes = run_sync(
+                net.meta, net.weights, net.leaks, c[a:b], y[a:b], x[a:b], t[a:b], t0, bin_us, num_bins,
+                readout.spatial_counts, cnt_ofs, mem_ofs, state, counts[i], snaps[i], layer_spikes,
+                net.num_frame, max_spikes,
+            )
+        else:
+            keys, times, n_out, synops, _, spikes = run_async(
+                net.meta, net.weights, net.leaks, c[a:b], y[a:b], x[a:b], t[a:b], bfs, hop, t0, bin_us,
+                num_bins, readout.spatial_counts, cnt_ofs, mem_ofs, state, first_ticks.copy(), counts[i],
+                snaps[i], 0, readout.t_end_us - 1, True, layer_spikes, max_spikes,
+            )
+        if spikes > max_spikes:
+            raise runaway(max_spikes, f"sample {i}")
+        counters[i, SYNOPS] = synops
+        counters[i, OUTPUT_EVENTS] = n_out
+        outputs[i] = chip_events(net, keys[:n_out], times[:n_out])
+
+    if workers == 1 or n < 2:
+        for i in range(n):
+            one(i)
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, n)) as pool:
+            list(pool.map(one, range(n)))
+
+    output_offsets = np.zeros(n + 1, np.int64)
+    output_offsets[1:] = np.cumsum([len(o) for o in outputs])
+    return RunResult(
+        output_events=np.concatenate(outputs) if n else np.zeros(0, CHIP_EVENT_DTYPE),
+        output_offsets=output_offsets,
+        counts=unpack_counts(counts, cnt_ofs, cnt_shapes),
+        membranes=unpack_snapshots(net, snaps, mem_ofs, readout),
+        counters=counters,
+        compute_seconds=time.perf_counter() - started,
+    )
+
+
+def unpack_counts(counts: np.ndarray, cnt_ofs: np.ndarray, shapes: dict[int, tuple[int, ...]]) -> dict:
+    """[n, flat] -> {layer: int32 [n, *shape]}."""
+    out = {}
+    for layer, shape in shapes.items():
+        size = int(np.prod(shape))
+        ofs = int(cnt_ofs[layer])
+        out[layer] = counts[:, ofs : ofs + size].reshape((counts.shape[0], *shape)).copy()
+    return out
+
+
+def unpack_snapshots(net: SimNetwork, snaps: np.ndarray, mem_ofs: np.ndarray, readout: Readout) -> dict:
+    """[n, flat [T, H, W, f] per layer] -> {layer: int16 [n, T, f, H, W]}."""
+    out = {}
+    n = snaps.shape[0]
+    for layer in readout.membrane_layers:
+        f, h, w = net.out_shape(layer)
+        size = readout.num_bins * f * h * w
+        ofs = int(mem_ofs[layer])
+        states = snaps[:, ofs : ofs + size].reshape(n, readout.num_bins, h, w, f)
+        out[layer] = np.ascontiguousarray(states.transpose(0, 1, 4, 2, 3))
+    return out
