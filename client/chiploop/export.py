@@ -68,10 +68,19 @@ def export_spec(
     return spec
 
 
-def updated_weights(model: SpikingCNN, layers: Iterable[int] | None = None) -> dict[int, np.ndarray]:
-    """{layer: int8 weights} for ``ChipClient.update_weights`` (every layer by default)."""
+def updated_weights(model: SpikingCNN, layers: Iterable[int] | None = None) -> dict[int, np.ndarray | dict]:
+    """The incremental update for ``ChipClient.update_weights`` (every layer by default):
+    ``{layer: int8 weights}``, or ``{layer: {"weights": .., "leak": ..}}`` for leaky neurons
+    (the leak is trained like a bias, so it moves with the weights)."""
     idx = range(model.num_layers) if layers is None else layers
-    return {i: quantize_weights(model.convs[i].weight, model.scale[i]) for i in idx}
+    out: dict[int, np.ndarray | dict] = {}
+    for i in idx:
+        w = quantize_weights(model.convs[i].weight, model.scale[i])
+        if model.leaks is None:
+            out[i] = w
+        else:
+            out[i] = {"weights": w, "leak": quantize_leak(model.leaks[i] * model.theta[i].float(), model.scale[i])}
+    return out
 
 
 # ---------------------------------------------------------------- ANN-to-SNN conversion

@@ -240,6 +240,15 @@ class SpikingCNN(nn.Module):
             for name, _ in list(layer.named_buffers()):
                 layer.register_buffer(name, torch.zeros(0))
 
+    # Neuron states belong to the last batch, not to the model: checkpoints hold them empty.
+    def state_dict(self, *args, **kwargs):
+        self.reset_states()
+        return super().state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        self.reset_states()
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
     def forward(
         self,
         frames: torch.Tensor,

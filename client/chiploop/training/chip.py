@@ -1,0 +1,160 @@
+"""The chip as the trainer sees it: one or more daemons, one batch split across them.
+
+``ChipPool`` deploys the same network on every daemon, pushes incremental
+weight updates to each, and splits a batch into contiguous chunks (one per
+daemon) whose results come back concatenated in order. ``open_chip`` starts a
+local daemon with the simulator when no address is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+
+import numpy as np
+
+from chiploop.errors import FailedPrecondition, InvalidArgument
+from chiploop.run import Readout, RunResult
+from chiploop.spec import NetworkSpec
+
+
+class PendingRun:
+    """The futures of one batch's chunks; ``result()`` joins them in order."""
+
+    def __init__(self, futures: list[Future]) -> None:
+        self._futures = futures
+
+    def result(self, timeout: float | None = None) -> RunResult:
+        return RunResult.concatenate([f.result(timeout=timeout) for f in self._futures])
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._futures)
+
+
+class ChipPool:
+    """Several daemons used as one chip (a batch is split across them)."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        from chiploop.client import ChipClient  # noqa: PLC0415 - grpc only where a chip is used
+
+        if not addresses:
+            raise InvalidArgument("chip", "needs at least one daemon address")
+        self.addresses = tuple(addresses)
+        self.clients = [ChipClient(a) for a in self.addresses]
+        self.model_ids: list[str] = []
+
+    @property
+    def model_id(self) -> str:
+        if not self.model_ids:
+            raise FailedPrecondition("no network deployed on the chip yet")
+        return self.model_ids[0]
+
+    def deploy(self, spec: NetworkSpec) -> str:
+        self.model_ids = [c.deploy(spec).model_id for c in self.clients]
+        return self.model_id
+
+    def update_weights(self, weights: dict[int, np.ndarray | dict]) -> str:
+        """Incremental update of the deployed network (same ids on every daemon: content hashes)."""
+        if not self.model_ids:
+            raise FailedPrecondition("update_weights before any deploy")
+        self.model_ids = [c.update_weights(m, weights) for c, m in zip(self.clients, self.model_ids, strict=True)]
+        return self.model_id
+
+    def run_async(self, samples: list[np.ndarray], readout: Readout) -> PendingRun:
+        """Start the batch on every daemon (one contiguous chunk each) and return at once."""
+        if not self.model_ids:
+            raise FailedPrecondition("run before any deploy")
+        n = len(samples)
+        parts = min(len(self.clients), max(n, 1))
+        bounds = np.linspace(0, n, parts + 1).round().astype(int)
+        futures = [
+            self.clients[k].run_async(self.model_ids[k], samples[bounds[k] : bounds[k + 1]], readout=readout)
+            for k in range(parts)
+        ]
+        return PendingRun(futures)
+
+    def run(self, samples: list[np.ndarray], readout: Readout) -> RunResult:
+        return self.run_async(samples, readout).result()
+
+    def close(self) -> None:
+        for c in self.clients:
+            close = getattr(c, "close", None)
+            if close is not None:
+                close()
+
+
+class InProcessChip:
+    """The simulator in this process, no daemon, no gRPC (``--chip inprocess``).
+
+    Same verbs as ChipPool; runs go to one background thread (the simulator's
+    kernels release the GIL, so a run overlaps the torch forward here too).
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        from chiploop_server.sim import SimNetwork, run_batch  # noqa: PLC0415 - server package, optional here
+
+        self._sim_network, self._run_batch = SimNetwork, run_batch
+        self.workers = workers
+        self.addresses = ("inprocess",)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chiploop-sim")
+        self._net = None
+
+    @property
+    def model_id(self) -> str:
+        if self._net is None:
+            raise FailedPrecondition("no network deployed on the chip yet")
+        return self._net.spec.content_hash()
+
+    def deploy(self, spec: NetworkSpec) -> str:
+        self._net = self._sim_network.from_spec(spec)
+        return self.model_id
+
+    def update_weights(self, weights: dict[int, np.ndarray | dict]) -> str:
+        if self._net is None:
+            raise FailedPrecondition("update_weights before any deploy")
+        self._net = self._net.with_updates(
+            {int(k): dict(w) if isinstance(w, dict) else {"weights": w} for k, w in weights.items()}
+        )
+        return self.model_id
+
+    def run_async(self, samples: list[np.ndarray], readout: Readout) -> PendingRun:
+        if self._net is None:
+            raise FailedPrecondition("run before any deploy")
+        from chiploop.run import pack_samples  # noqa: PLC0415
+
+        events, offsets = pack_samples(samples)
+        return PendingRun([self._pool.submit(self._run_batch, self._net, events, offsets, readout, self.workers)])
+
+    def run(self, samples: list[np.ndarray], readout: Readout) -> RunResult:
+        return self.run_async(samples, readout).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+IN_PROCESS = "inprocess"
+
+
+@contextlib.contextmanager
+def open_chip(addresses: Sequence[str] = (), workers: int = 1) -> Iterator[ChipPool]:
+    """A ChipPool on the given daemons, the in-process simulator (address ``inprocess``),
+    or, with no address, a local daemon with the simulator (started here, stopped after)."""
+    with contextlib.ExitStack() as stack:
+        if tuple(addresses) == (IN_PROCESS,):
+            chip = InProcessChip(workers)
+            stack.callback(chip.close)
+            yield chip  # type: ignore[misc]
+            return
+        if IN_PROCESS in addresses:
+            raise InvalidArgument("chip", f"{IN_PROCESS!r} cannot be mixed with daemon addresses")
+        if not addresses:
+            from chiploop_server.local import LocalDaemon  # noqa: PLC0415 - only when no daemon is given
+
+            daemon = stack.enter_context(LocalDaemon(backend="sim", workers=workers))
+            addresses = (daemon.address,)
+        pool = ChipPool(addresses)
+        stack.callback(pool.close)
+        yield pool

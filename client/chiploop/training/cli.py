@@ -1,0 +1,157 @@
+"""``chiploop train``, ``chiploop eval`` and ``chiploop experiment``.
+
+The main ``chiploop`` CLI calls ``register(subparsers)``; ``python -m
+chiploop.training.cli`` runs these three commands alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from chiploop.training.config import METHOD_NAMES, TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="N-MNIST folder (bundled or full layout); default: $CHIPLOOP_NMNIST_DIR or ../shared/data/nmnist-small")
+    p.add_argument("--tonic", action="store_true", help="read --data through tonic.datasets.NMNIST (never downloads)")
+    p.add_argument("--chip", action="append", default=[], metavar="ADDRESS",
+                   help="daemon address (repeat to split each batch across daemons); 'inprocess': the simulator in this "
+                        "process; none: start a local daemon with the simulator")
+    p.add_argument("--chip-workers", type=int, default=_DEFAULTS.chip_workers, help="workers of the local daemon")
+    p.add_argument("--threads", type=int, default=_DEFAULTS.torch_threads, help="torch threads")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--bins", type=int, default=_DEFAULTS.bins, help="time bins T per sample")
+    p.add_argument("--duration-ms", type=float, default=_DEFAULTS.duration_us / 1000, help="span the T bins cover")
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    p.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction)
+    p.add_argument("--max-train", type=int, default=None, help="use a seeded subset of the training split")
+    p.add_argument("--max-val", type=int, default=None, help="use a seeded subset of the validation split")
+    p.add_argument("--lr", type=float, default=_DEFAULTS.lr)
+    p.add_argument("--width", type=float, default=_DEFAULTS.width, help="hidden channel multiplier (1: the paper's net)")
+    p.add_argument("--neuron", choices=("iaf", "leaky"), default=_DEFAULTS.neuron)
+    p.add_argument("--augment", action="store_true", help="random shift and event drop, on the events")
+    p.add_argument("--substitute-hidden", default="", help="cil-bptt: comma-separated hidden layers whose spikes also come from the chip")
+    p.add_argument("--no-chip-eval", action="store_true", help="skip the per-epoch validation on the chip")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
+    hidden = tuple(int(v) for v in args.substitute_hidden.split(",") if v.strip())
+    cfg = TrainConfig(
+        data=args.data,
+        tonic=args.tonic,
+        chip=tuple(args.chip),
+        chip_workers=args.chip_workers,
+        torch_threads=args.threads,
+        seed=args.seed,
+        bins=args.bins,
+        duration_us=int(round(args.duration_ms * 1000)),
+        batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
+        max_train=args.max_train,
+        max_val=args.max_val,
+        lr=args.lr,
+        width=args.width,
+        neuron=args.neuron,
+        augment=args.augment,
+        substitute_hidden=hidden,
+        chip_eval=not args.no_chip_eval,
+        progress=not args.quiet,
+    )
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg.check()
+
+
+def _limit_threads(n: int) -> None:
+    # Before torch/numba start their pools: the trainer and a local daemon share few cores.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _limit_threads(args.threads)
+    from chiploop.training.trainer import train  # noqa: PLC0415 - torch import only when used
+
+    cfg = _config(args, method=args.method, epochs=args.epochs, out=args.out, resume=args.resume)
+    result = train(cfg)
+    f = result.final
+    print(json.dumps({"method": cfg.method, "out": str(result.out), "epochs": len(result.history), **f.as_dict()}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _limit_threads(args.threads)
+    from chiploop.training.evaluate_checkpoint import evaluate_checkpoint  # noqa: PLC0415
+
+    report = evaluate_checkpoint(
+        args.checkpoint, chip=tuple(args.chip), data=args.data, split=args.split, workers=args.chip_workers,
+        threads=args.threads,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report["text"])
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    _limit_threads(args.threads)
+    from chiploop.training.experiment import run_experiment  # noqa: PLC0415
+
+    cfg = _config(args, out=args.out, resume=args.resume)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHOD_NAMES)
+    if args.epochs is not None:
+        cfg.extra["epochs"] = {m: args.epochs for m in METHOD_NAMES}
+    run_experiment(cfg, methods, budget_min=args.budget)
+    print(os.path.join(args.out, "table1.md"))
+    with open(os.path.join(args.out, "table1.md")) as fh:
+        print(fh.read())
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add train, eval and experiment to the main CLI's subparsers."""
+    p = subparsers.add_parser("train", help="train a spiking CNN for the chip (CIL-SPL and baselines)")
+    p.add_argument("--method", choices=METHOD_NAMES, default=_DEFAULTS.method)
+    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
+    p.add_argument("--out", default=_DEFAULTS.out, help="run folder: checkpoint, metrics.csv, tb/, plots")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="accuracy of a checkpoint in software and on the chip")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default=None, help="default: the data the checkpoint was trained on")
+    p.add_argument("--chip", action="append", default=[], metavar="ADDRESS", help="as for train")
+    p.add_argument("--chip-workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="val: the run's validation split; test: the Test split of a full N-MNIST folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("experiment", help="every method on the same data: the paper's Table 1")
+    p.add_argument("--out", default="runs/table1")
+    p.add_argument("--budget", type=float, default=25.0, help="minutes for all methods together")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of every method (default: the plan's)")
+    p.add_argument("--methods", default="", help=f"comma-separated subset of {', '.join(METHOD_NAMES)}")
+    p.add_argument("--resume", action="store_true", help="continue each method from its checkpoint")
+    _common(p)
+    p.set_defaults(func=cmd_experiment)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chiploop")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Everything a training run is: one dataclass, saved in every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from chiploop.errors import InvalidArgument
+
+METHOD_NAMES: tuple[str, ...] = ("cnn", "cnn-qat", "bptt", "cil-bptt", "cil-ann")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "cil-bptt"
+    data: str | None = None  # folder (bundled or full N-MNIST layout); None: default_data_dir()
+    tonic: bool = False  # read ``data`` through tonic.datasets.NMNIST (never downloads)
+    out: str = "runs/train"
+    chip: tuple[str, ...] = ()  # daemon addresses; empty: a local daemon with the simulator
+    chip_workers: int = 1  # workers of the local daemon
+    torch_threads: int = 1
+    seed: int = 0
+    epochs: int = 8
+    batch_size: int = 64
+    bins: int = 5
+    duration_us: int = 320_000  # N-MNIST samples last ~300 ms (three saccades)
+    val_fraction: float = 0.2
+    max_train: int | None = None  # subsets, for quick runs and tests
+    max_val: int | None = None
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # cosine | constant (per epoch)
+    width: float = 1.0  # channel multiplier of the hidden layers (1.0: the paper's network)
+    neuron: str = "iaf"  # iaf | leaky
+    theta_low: float = -1.0  # hidden layers' threshold_low, in thresholds
+    augment: bool = False
+    shift: int = 2
+    drop: float = 0.1
+    init_target: float = 2.0  # data init: 99th-percentile input current per bin, in thresholds
+    scale_mode: str = "max"  # weight scale per layer: max | percentile
+    balance_percentile: float = 99.9  # ANN-to-SNN data-based normalisation
+    balance_gain: float = 1.0
+    calibration_samples: int = 256  # training samples used for init and balancing
+    substitute_hidden: tuple[int, ...] = ()  # cil-bptt: hidden layers whose spikes are also the chip's
+    chip_eval: bool = True  # measure validation accuracy on the chip after every epoch
+    time_limit_s: float | None = None  # stop after the epoch that passes it
+    resume: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> TrainConfig:
+        if self.method not in METHOD_NAMES:
+            raise InvalidArgument("method", f"must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
+        positive = ("epochs", "batch_size", "bins", "duration_us", "chip_workers", "torch_threads")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise InvalidArgument(name, f"must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InvalidArgument("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        if self.neuron not in ("iaf", "leaky"):
+            raise InvalidArgument("neuron", f"must be 'iaf' or 'leaky', got {self.neuron!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise InvalidArgument("lr_schedule", f"must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.lr <= 0:
+            raise InvalidArgument("lr", f"must be > 0, got {self.lr}")
+        if self.duration_us < self.bins:
+            raise InvalidArgument("duration_us", "must be at least one microsecond per bin")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["chip"] = list(self.chip)
+        d["substitute_hidden"] = list(self.substitute_hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        for key in ("chip", "substitute_hidden"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)

@@ -1,0 +1,81 @@
+"""Accuracy of a method's model in software (its own model, the sync SNN in float and in
+integers) and on the chip, on the same samples."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from chiploop.data.loader import EventDataset, iterate_batches
+from chiploop.training.chip import ChipPool
+from chiploop.training.methods import Method
+from chiploop.training.substitute import chip_score
+
+
+@dataclass
+class EvalResult:
+    n: int
+    software: float  # the method's own trained model (ANN for ANN routes, int SNN otherwise)
+    sync_float: float  # the SNN, synchronous, float weights and thresholds
+    sync_int: float  # the SNN, synchronous, the exact integer network sent to the chip
+    chip: float | None  # the same integer network on the chip (None: no chip)
+    agreement: float | None  # fraction of samples where chip and sync int predict the same class
+    chip_synops: float | None = None  # mean synaptic operations per sample on the chip
+
+    @property
+    def degradation(self) -> float | None:
+        """Software minus chip accuracy, in points (the paper's Table 1 column)."""
+        return None if self.chip is None else 100.0 * (self.software - self.chip)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["degradation"] = self.degradation
+        return d
+
+
+@torch.no_grad()
+def evaluate(
+    method: Method,
+    dataset: EventDataset,
+    indices: np.ndarray,
+    chip: ChipPool | None,
+    batch_size: int = 100,
+) -> EvalResult:
+    """One pass over ``indices``: the chip runs each batch while the software models do."""
+    snn = method.snn()
+    snn.eval()
+    readout = method.chip_readout
+    last = snn.num_layers - 1
+    threshold = snn.thresholds(last, quantized=True)[0]
+    if chip is not None:
+        chip.deploy(method.spec())
+    hits = {"software": 0, "sync_float": 0, "sync_int": 0, "chip": 0, "agree": 0}
+    synops = 0.0
+    n = 0
+    for batch in iterate_batches(dataset, indices, method.readout, batch_size):
+        pending = chip.run_async(batch.events, readout) if chip is not None else None
+        frames = torch.from_numpy(batch.frames)
+        labels = batch.labels
+        sync_int = snn(frames, quantized=True, ticks=method.ticks).score.argmax(1).numpy()
+        hits["sync_int"] += int((sync_int == labels).sum())
+        hits["sync_float"] += int((snn(frames, quantized=False, ticks=method.ticks).score.argmax(1).numpy() == labels).sum())
+        hits["software"] += int((method.software_scores(frames).argmax(1).numpy() == labels).sum())
+        if pending is not None:
+            result = pending.result()
+            on_chip = chip_score(result, last, threshold).argmax(1)
+            hits["chip"] += int((on_chip == labels).sum())
+            hits["agree"] += int((on_chip == sync_int).sum())
+            synops += float(result.counter("synops").sum())
+        n += len(batch)
+    with_chip = chip is not None and n > 0
+    return EvalResult(
+        n=n,
+        software=hits["software"] / max(n, 1),
+        sync_float=hits["sync_float"] / max(n, 1),
+        sync_int=hits["sync_int"] / max(n, 1),
+        chip=hits["chip"] / n if with_chip else None,
+        agreement=hits["agree"] / n if with_chip else None,
+        chip_synops=synops / n if with_chip else None,
+    )

@@ -1,0 +1,346 @@
+"""The training methods, each selectable by name (``METHODS[name](config)``).
+
+- ``cnn``: the ANN twin on frames summed over time, float; converted to the SNN
+  (balanced thresholds, int8 on the ANN's grid) for the chip after training.
+- ``cnn-qat``: the same with the weights fake-quantized (int8 STE) in training.
+- ``bptt``: the spiking CNN over T bins, surrogate gradients, QAT (the forward
+  is the exported integer network).
+- ``cil-bptt``: bptt, but every iteration runs the batch on the chip and the
+  chip's per-bin output spikes and membranes (and optionally monitored hidden
+  layers' spikes) replace the sync model's in the forward, straight-through;
+  the new int8 weights are pushed (``update_weights``) before the next one.
+- ``cil-ann``: cnn-qat, but the chip's output score (spikes + v/thr, times the
+  conversion's logit scale) replaces the ANN's logits in the loss, straight-through.
+
+docs/training.md says exactly how each substitution is done and why.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from chiploop.architectures import NMNIST_PAPER
+from chiploop.data.loader import Batch
+from chiploop.export import Balance, ann_to_snn, balance, export_spec, updated_weights
+from chiploop.models import ANNTwin, SpikingCNN, data_init, leak_ticks, scaled_architecture
+from chiploop.run import Readout
+from chiploop.training.chip import ChipPool
+from chiploop.training.config import TrainConfig
+from chiploop.training.substitute import align_to_logits, chip_outputs, straight_through
+
+
+@dataclass
+class StepResult:
+    loss: float
+    correct: int
+    n: int
+    chip_wait_s: float = 0.0  # time spent waiting for the chip after the sync forward
+
+
+class Method:
+    """Common interface. ``chip_in_loop``: needs the chip in every training step."""
+
+    name = ""
+    chip_in_loop = False
+
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
+        self.cfg = cfg
+        self.readout = readout
+        self.arch = scaled_architecture(NMNIST_PAPER, cfg.width)
+
+    # --- lifecycle
+    def setup(self, calibration: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+        raise NotImplementedError
+
+    def step(self, batch: Batch, chip: ChipPool | None) -> StepResult:
+        raise NotImplementedError
+
+    def set_learning_rate(self, epoch: int) -> float:
+        """Cosine decay over the run's epochs (stateless: a resumed run gets the same rate)."""
+        lr = self.cfg.lr
+        if self.cfg.lr_schedule == "cosine":
+            lr *= 0.5 * (1.0 + math.cos(math.pi * epoch / self.cfg.epochs))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    # --- what is evaluated
+    def snn(self) -> SpikingCNN:
+        """The spiking network that goes to the chip (for ANN routes: the converted one)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def software_scores(self, frames: torch.Tensor) -> torch.Tensor:
+        """The trained model's own output in software (the ANN for ANN routes, the int SNN otherwise)."""
+        raise NotImplementedError
+
+    def prepare_export(self, calibration: torch.Tensor) -> None:
+        """Bring the chip network up to date with the weights before evaluating it."""
+
+    def spec(self):
+        return export_spec(self.snn(), self.readout.bin_us)
+
+    @property
+    def ticks(self) -> list[int]:
+        r = self.readout
+        return leak_ticks(r.t0_us, r.bin_us, r.num_bins, r.bin_us)
+
+    @property
+    def chip_readout(self) -> Readout:
+        return replace(self.readout, membrane_layers=(self.snn().num_layers - 1,))
+
+    # --- checkpoints
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- SNN routes
+
+
+class BPTT(Method):
+    name = "bptt"
+
+    def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
+        super().__init__(cfg, readout)
+        self.model = SpikingCNN(self.arch, neuron=cfg.neuron, theta_low=cfg.theta_low)  # type: ignore[arg-type]
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+
+    def setup(self, calibration: torch.Tensor) -> None:
+        data_init(self.model, calibration, target=self.cfg.init_target)
+
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+        # Scales (hence int thresholds) move once per epoch; within it only weights change.
+        self.model.calibrate_scales(self.cfg.scale_mode)
+
+    def snn(self) -> SpikingCNN:
+        return self.model
+
+    @torch.no_grad()
+    def software_scores(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model(frames, quantized=True, ticks=self.ticks).score
+
+    def loss_and_score(self, batch: Batch, chip_run=None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        frames = torch.from_numpy(batch.frames)
+        out = self.model(frames, quantized=True, ticks=self.ticks)
+        return F.cross_entropy(out.score, torch.from_numpy(batch.labels)), out.score, 0.0
+
+    def step(self, batch: Batch, chip: ChipPool | None) -> StepResult:
+        self.model.train()
+        loss, score, waited = self.loss_and_score(batch, chip)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.after_step(chip)
+        correct = int((score.argmax(1).numpy() == batch.labels).sum())
+        return StepResult(loss.item(), correct, len(batch), waited)
+
+    def after_step(self, chip: ChipPool | None) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class CILBPTT(BPTT):
+    """bptt with the chip in the loop (CIL-SPL).
+
+    Per iteration: the chip runs the batch (started first, asynchronously) while
+    the sync model runs its forward; the chip's per-bin output spikes and
+    membranes replace the sync model's (straight-through); the loss is computed
+    on the chip's values, the gradient flows through the sync graph; the new
+    int8 weights are pushed to the chip before the next iteration.
+    """
+
+    name = "cil-bptt"
+    chip_in_loop = True
+
+    @property
+    def chip_readout(self) -> Readout:
+        last = self.model.num_layers - 1
+        return replace(self.readout, membrane_layers=(last,), spatial_counts=bool(self.cfg.substitute_hidden))
+
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+        super().start_epoch(epoch, calibration, chip)
+        assert chip is not None, "cil-bptt needs a chip"
+        # New scales change the int thresholds: a full deploy (weights alone go incrementally).
+        chip.deploy(export_spec(self.model, self.readout.bin_us, monitor=tuple(self.cfg.substitute_hidden)))
+
+    def loss_and_score(self, batch: Batch, chip=None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        assert chip is not None, "cil-bptt needs a chip"
+        pending = chip.run_async(batch.events, self.chip_readout)  # the chip works while torch does
+        frames = torch.from_numpy(batch.frames)
+        hidden = self.cfg.substitute_hidden
+        if hidden:
+            # Hidden substitution needs the chip's spikes inside the forward: wait for them first.
+            t = time.perf_counter()
+            result = pending.result()
+            waited = time.perf_counter() - t
+            chip_hidden = {i: torch.from_numpy(result.counts[i].astype(np.float32)) for i in hidden}
+            out = self.model(frames, quantized=True, ticks=self.ticks, chip_spikes=chip_hidden)
+        else:
+            out = self.model(frames, quantized=True, ticks=self.ticks)
+            t = time.perf_counter()
+            result = pending.result()
+            waited = time.perf_counter() - t
+        spikes_chip, v_chip = chip_outputs(result, self.model.num_layers - 1)
+        spikes = straight_through(out.spikes, spikes_chip)
+        v_mem = straight_through(out.v_mem, v_chip)
+        score = spikes.sum(1) + v_mem[:, -1] / out.threshold
+        return F.cross_entropy(score, torch.from_numpy(batch.labels)), score.detach(), waited
+
+    def after_step(self, chip: ChipPool | None) -> None:
+        assert chip is not None
+        chip.update_weights(updated_weights(self.model))
+
+
+# ---------------------------------------------------------------- ANN routes
+
+
+class CNN(Method):
+    """The ANN twin on frames summed over the bins; converted for the chip."""
+
+    name = "cnn"
+    qat = False
+
+    def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
+        super().__init__(cfg, readout)
+        self.model = ANNTwin(self.arch)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.balance: Balance | None = None
+        self._snn: SpikingCNN | None = None
+
+    def setup(self, calibration: torch.Tensor) -> None:
+        pass  # torch's default init suits the ANN
+
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+        self.model.calibrate_scales(self.cfg.scale_mode)
+
+    def convert(self, calibration: torch.Tensor) -> None:
+        chunks = torch.split(calibration, 64)
+        self.balance = balance(
+            self.model, chunks, self.cfg.balance_percentile, self.cfg.balance_gain, qat=self.qat
+        )
+        self._snn = ann_to_snn(self.model, self.balance, neuron="iaf", theta_low=self.cfg.theta_low)
+
+    def prepare_export(self, calibration: torch.Tensor) -> None:
+        # The usual conversion step: balance on the trained weights.
+        self.convert(calibration)
+
+    def snn(self) -> SpikingCNN:
+        if self._snn is None:
+            raise RuntimeError("convert() first: the SNN of an ANN route comes from balancing")
+        return self._snn
+
+    @torch.no_grad()
+    def software_scores(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model(frames, qat=self.qat)
+
+    def logits(self, batch: Batch, chip: ChipPool | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        logits = self.model(torch.from_numpy(batch.frames), qat=self.qat)
+        return logits, logits, 0.0
+
+    def step(self, batch: Batch, chip: ChipPool | None) -> StepResult:
+        self.model.train()
+        used, _, waited = self.logits(batch, chip)
+        loss = F.cross_entropy(used, torch.from_numpy(batch.labels))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.after_step(chip)
+        correct = int((used.detach().argmax(1).numpy() == batch.labels).sum())
+        return StepResult(loss.item(), correct, len(batch), waited)
+
+    def after_step(self, chip: ChipPool | None) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "balance": None if self.balance is None else self.balance.__dict__,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("balance"):
+            b = state["balance"]
+            self.balance = Balance(tuple(b["lambdas"]), b["input_lambda"], b["gain"])
+            self._snn = ann_to_snn(self.model, self.balance, neuron="iaf", theta_low=self.cfg.theta_low)
+
+
+class CNNQAT(CNN):
+    name = "cnn-qat"
+    qat = True
+
+
+class CILANN(CNNQAT):
+    """cnn-qat with the chip in the loop: the chip's score, in logit units, replaces the logits.
+
+    The conversion (balanced thresholds, int8 grid) is fixed at the start of each
+    epoch (a full deploy); every iteration pushes the new int8 weights.
+    """
+
+    name = "cil-ann"
+    chip_in_loop = True
+
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+        super().start_epoch(epoch, calibration, chip)
+        assert chip is not None, "cil-ann needs a chip"
+        self.convert(calibration)
+        chip.deploy(self.spec())
+
+    def prepare_export(self, calibration: torch.Tensor) -> None:
+        # Keep the thresholds the weights were trained against in the loop; only the weights moved.
+        if self._snn is None:
+            self.convert(calibration)
+            return
+        with torch.no_grad():
+            for dst, src in zip(self._snn.convs, self.model.convs, strict=True):
+                dst.weight.copy_(src.weight)
+
+    def logits(self, batch: Batch, chip: ChipPool | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        assert chip is not None and self.balance is not None
+        pending = chip.run_async(batch.events, self.chip_readout)
+        logits = self.model(torch.from_numpy(batch.frames), qat=True)
+        t = time.perf_counter()
+        result = pending.result()
+        waited = time.perf_counter() - t
+        snn = self.snn()
+        spikes, v_mem = chip_outputs(result, snn.num_layers - 1)
+        out_thr = snn.thresholds(snn.num_layers - 1, quantized=True)[0]
+        score = spikes.sum(1) + v_mem[:, -1] / out_thr
+        chip_logits = align_to_logits(score, self.balance.logit_per_unit)
+        return straight_through(logits, chip_logits), logits, waited
+
+    def after_step(self, chip: ChipPool | None) -> None:
+        assert chip is not None
+        with torch.no_grad():
+            for dst, src in zip(self.snn().convs, self.model.convs, strict=True):
+                dst.weight.copy_(src.weight)
+        chip.update_weights(updated_weights(self.snn()))
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CNN, CNNQAT, BPTT, CILBPTT, CILANN)}
+
+
+def make_method(cfg: TrainConfig, readout: Readout) -> Method:
+    return METHODS[cfg.check().method](cfg, readout)

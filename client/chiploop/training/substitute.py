@@ -1,0 +1,46 @@
+"""The chip-in-loop substitutions (CIL-SPL), as small pure functions.
+
+``straight_through(sync, chip)`` returns a tensor whose value is the chip's and
+whose gradient is the synchronous graph's: y = y_sync + (y_chip - y_sync).detach().
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from chiploop.run import RunResult
+
+
+def straight_through(sync: torch.Tensor, chip: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Forward: the chip's value. Backward: d/d(sync) = identity (the sync graph's gradient)."""
+    chip_t = torch.as_tensor(np.asarray(chip) if not isinstance(chip, torch.Tensor) else chip)
+    chip_t = chip_t.to(dtype=sync.dtype, device=sync.device).reshape(sync.shape)
+    return sync + (chip_t - sync).detach()
+
+
+def chip_outputs(result: RunResult, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(spikes [n, T, K], membranes [n, T, K]) of an output layer from a run with that layer
+    in ``membrane_layers`` (counts summed over space when a layer has one)."""
+    counts = result.counts[layer].astype(np.float32)
+    if counts.ndim > 3:
+        counts = counts.reshape(*counts.shape[:3], -1).sum(-1)
+    membranes = result.membranes[layer].astype(np.float32)
+    membranes = membranes.reshape(*membranes.shape[:3], -1)[..., 0]
+    return torch.from_numpy(counts), torch.from_numpy(membranes)
+
+
+def chip_score(result: RunResult, layer: int, threshold: float) -> np.ndarray:
+    """The readout used everywhere: total spikes + last membrane / threshold, [n, K]."""
+    spikes, membranes = chip_outputs(result, layer)
+    return (spikes.sum(1) + membranes[:, -1] / threshold).numpy()
+
+
+def align_to_logits(score: torch.Tensor | np.ndarray, logit_per_unit: float) -> torch.Tensor:
+    """cil-ann: a chip score (spikes + v/thr) in the ANN's logit units.
+
+    The balanced conversion maps an ANN logit z to z / logit_per_unit units of
+    output charge, so score * logit_per_unit is the chip's estimate of z: the
+    softmax sees the chip's output on the scale the ANN's own logits have.
+    """
+    return torch.as_tensor(np.asarray(score), dtype=torch.float32) * float(logit_per_unit)

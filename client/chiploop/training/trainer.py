@@ -1,0 +1,223 @@
+"""The training loop: data, epochs, progress, evaluation, checkpoints, metrics, plots.
+
+Outputs in ``cfg.out``: checkpoint.pt (latest; ``resume`` continues from it),
+config.json, metrics.csv, tb/ (TensorBoard), summary.json, accuracy.png,
+weights.png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from chiploop.data.augment import Augment
+from chiploop.data.frames import readout_for
+from chiploop.data.loader import EventDataset, iterate_batches, make_batch, num_batches
+from chiploop.data.nmnist import NMNIST
+from chiploop.data.split import stratified_split
+from chiploop.training.chip import ChipPool, open_chip
+from chiploop.training.config import TrainConfig
+from chiploop.training.evaluate import EvalResult, evaluate
+from chiploop.training.methods import Method, make_method
+
+CHECKPOINT = "checkpoint.pt"
+METRIC_FIELDS = (
+    "epoch", "train_loss", "train_acc", "val_software", "val_sync_float", "val_sync_int", "val_chip",
+    "val_agreement", "val_degradation", "chip_synops", "epoch_s", "chip_wait_s", "iterations",
+)
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    history: list[dict]
+    final: EvalResult
+    out: Path
+    seconds: float
+
+
+def load_dataset(cfg: TrainConfig, split: str = "train") -> EventDataset:
+    if cfg.tonic:
+        from chiploop.data.tonic_source import TonicNMNIST  # noqa: PLC0415 - optional route
+
+        if cfg.data is None:
+            raise ValueError("the tonic route needs --data (tonic's save_to folder)")
+        return TonicNMNIST(cfg.data, split=split)
+    return NMNIST(cfg.data, split=split)
+
+
+def split_indices(cfg: TrainConfig, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded stratified split, optionally cut to subsets (seeded too)."""
+    train, val = stratified_split(labels, cfg.val_fraction, cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 1)
+    if cfg.max_train is not None and cfg.max_train < len(train):
+        train = np.sort(train[rng.permutation(len(train))[: cfg.max_train]])
+    if cfg.max_val is not None and cfg.max_val < len(val):
+        val = np.sort(val[rng.permutation(len(val))[: cfg.max_val]])
+    return train, val
+
+
+def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, readout) -> torch.Tensor:
+    """Unaugmented frames of the first training samples (weight init and ANN balancing)."""
+    idx = train[: cfg.calibration_samples]
+    return torch.from_numpy(make_batch(ds, idx, readout).frames)
+
+
+def _save_checkpoint(path: Path, cfg: TrainConfig, epoch: int, method: Method, history: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "config": cfg.to_dict(),
+            "epoch": epoch,
+            "method": method.state_dict(),
+            "history": history,
+            "torch_rng": torch.get_rng_state(),
+            "format": 1,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    return torch.load(Path(path), map_location="cpu", weights_only=False)
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow(row)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional at run time
+    except ImportError:  # pragma: no cover - tensorboard is a dependency, but keep training without it
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def train(cfg: TrainConfig, chip: ChipPool | None = None) -> TrainResult:
+    """Train ``cfg.method``; ``chip``: an open ChipPool (else one is opened from ``cfg.chip``)."""
+    cfg.check()
+    needs_chip = cfg.method.startswith("cil-") or cfg.chip_eval
+    with contextlib.ExitStack() as stack:
+        if chip is None and needs_chip:
+            chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers))
+        return _train(cfg, chip)
+
+
+def _train(cfg: TrainConfig, chip: ChipPool | None) -> TrainResult:
+    started = time.perf_counter()
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(cfg)
+    train_idx, val_idx = split_indices(cfg, np.asarray(ds.labels))
+    readout = readout_for(cfg.bins, cfg.duration_us)
+    method = make_method(cfg, readout)
+    calib = calibration_frames(cfg, ds, train_idx, readout)
+    history: list[dict] = []
+    start_epoch = 0
+    ckpt_path = out / CHECKPOINT
+    if cfg.resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        method.load_state_dict(ckpt["method"])
+        history = list(ckpt["history"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        torch.set_rng_state(ckpt["torch_rng"])
+    else:
+        method.setup(calib)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    augment = Augment(cfg.shift, cfg.drop) if cfg.augment else None
+    writer = _tensorboard(out)
+    final: EvalResult | None = None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            method.set_learning_rate(epoch)
+            method.start_epoch(epoch, calib, chip)
+            loss_sum = correct = seen = iterations = 0
+            waited = 0.0
+            batches = iterate_batches(
+                ds, train_idx, readout, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, augment=augment
+            )
+            bar = tqdm(
+                batches,
+                total=num_batches(len(train_idx), cfg.batch_size),
+                desc=f"{cfg.method} {epoch + 1}/{cfg.epochs}",
+                disable=not cfg.progress,
+                leave=False,
+            )
+            for batch in bar:
+                step = method.step(batch, chip)
+                loss_sum += step.loss * step.n
+                correct += step.correct
+                seen += step.n
+                waited += step.chip_wait_s
+                iterations += 1
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            method.prepare_export(calib)
+            final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_acc": correct / max(seen, 1),
+                "val_software": final.software,
+                "val_sync_float": final.sync_float,
+                "val_sync_int": final.sync_int,
+                "val_chip": final.chip,
+                "val_agreement": final.agreement,
+                "val_degradation": final.degradation,
+                "chip_synops": final.chip_synops,
+                "epoch_s": time.perf_counter() - t_epoch,
+                "chip_wait_s": waited,
+                "iterations": iterations,
+            }
+            history.append(row)
+            _write_metrics(out / "metrics.csv", history)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        writer.add_scalar(key, value, epoch)
+                writer.flush()
+            _save_checkpoint(ckpt_path, cfg, epoch, method, history)
+            if cfg.progress:
+                chip_txt = "" if final.chip is None else f", chip {100 * final.chip:.1f}%"
+                tqdm.write(
+                    f"{cfg.method} epoch {epoch + 1}: loss {row['train_loss']:.3f}, "
+                    f"val software {100 * final.software:.1f}%{chip_txt} ({row['epoch_s']:.0f} s)"
+                )
+            if cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+    if final is None:  # nothing left to train (a finished run resumed): evaluate what is there
+        method.start_epoch(max(start_epoch - 1, 0), calib, chip) if method.chip_in_loop else None
+        method.prepare_export(calib)
+        final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
+    _finish(out, cfg, method, history, final)
+    return TrainResult(cfg, history, final, out, time.perf_counter() - started)
+
+
+def _finish(out: Path, cfg: TrainConfig, method: Method, history: list[dict], final: EvalResult) -> None:
+    from chiploop.training.plots import accuracy_curves, weight_distributions  # noqa: PLC0415 - matplotlib is slow to import
+
+    summary = {"method": cfg.method, "epochs_run": len(history), "final": final.as_dict()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if history:
+        accuracy_curves(history, out / "accuracy.png", title=cfg.method)
+    weight_distributions(method.spec(), out / "weights.png", title=f"{cfg.method}: int8 weights on the chip")

@@ -1,0 +1,109 @@
+"""The training methods against a real local daemon (the simulator behind gRPC)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from chiploop.data import NMNIST, default_data_dir, make_batch, readout_for
+from chiploop.export import export_spec
+from chiploop.training.chip import ChipPool
+from chiploop.training.config import TrainConfig
+from chiploop.training.methods import METHODS, make_method
+from chiploop.training.substitute import chip_outputs, straight_through
+
+DATA = default_data_dir()
+needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+
+TINY = dict(width=0.25, bins=3, batch_size=24, lr=3e-3, calibration_samples=24, progress=False)
+
+
+@pytest.fixture(scope="module")
+def chip(daemon):
+    pool = ChipPool([daemon.address])
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    ds = NMNIST(DATA)
+    return make_batch(ds, np.arange(24), readout_for(TINY["bins"], 320_000))
+
+
+def test_straight_through_forward_is_chip_backward_is_sync():
+    sync = torch.tensor([[0.5, 2.0, -1.0]], requires_grad=True)
+    chip = np.array([[3.0, 0.0, 1.0]], np.float32)
+    y = straight_through(sync, chip)
+    assert torch.equal(y.detach(), torch.from_numpy(chip))
+    g = torch.tensor([[1.0, -2.0, 0.5]])
+    (y * g).sum().backward()
+    assert torch.equal(sync.grad, g)
+
+
+@needs_data
+def test_cil_bptt_loss_is_the_chips_and_its_gradient_the_sync_graphs(chip, batch):
+    """Forward value from the chip, gradient = sync Jacobian^T at the chip's loss gradient."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="cil-bptt", **TINY)
+    method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
+    method.setup(torch.from_numpy(batch.frames))
+    method.start_epoch(0, torch.from_numpy(batch.frames), chip)
+    labels = torch.from_numpy(batch.labels)
+
+    loss, score, _ = method.loss_and_score(batch, chip)
+    result = chip.run(batch.events, method.chip_readout)
+    spikes_chip, v_chip = chip_outputs(result, 5)
+    out = method.model(torch.from_numpy(batch.frames), ticks=method.ticks)
+    score_chip = spikes_chip.sum(1) + v_chip[:, -1] / out.threshold
+    torch.testing.assert_close(score, score_chip)  # the value is the chip's
+    assert not torch.equal(score_chip, out.score.detach())  # ... and differs from the sync model's
+    torch.testing.assert_close(loss, F.cross_entropy(score_chip, labels))
+
+    weights = [c.weight for c in method.model.convs]
+    grads = torch.autograd.grad(loss, weights)
+    dloss_dscore = (torch.softmax(score_chip, 1) - F.one_hot(labels, 10).float()) / len(labels)
+    expected = torch.autograd.grad(out.score, weights, grad_outputs=dloss_dscore)
+    for g, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+@needs_data
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_lowers_its_loss_against_the_daemon(name, chip, batch):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=name, **TINY)
+    method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
+    calib = torch.from_numpy(batch.frames)
+    method.setup(calib)
+    method.start_epoch(0, calib, chip)
+    losses = [method.step(batch, chip).loss for _ in range(6)]
+    assert losses[-1] < losses[0], losses
+    if method.chip_in_loop:
+        # The chip now holds exactly the method's current integer network.
+        assert chip.model_id == chip.clients[0].deploy(method.spec()).model_id
+
+
+@needs_data
+def test_a_batch_split_across_two_daemons_equals_one_daemon(daemon, chip, batch):
+    from chiploop_server.local import LocalDaemon
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="bptt", **TINY)
+    method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
+    method.setup(torch.from_numpy(batch.frames))
+    spec = export_spec(method.model, method.readout.bin_us)
+    readout = replace(method.chip_readout, mode="depth_first")
+    chip.deploy(spec)
+    one = chip.run(batch.events, readout)
+    with LocalDaemon(backend="sim", workers=1) as second:
+        pool = ChipPool([daemon.address, second.address])
+        pool.deploy(spec)
+        two = pool.run(batch.events, readout)
+        pool.close()
+    np.testing.assert_array_equal(one.counts[5], two.counts[5])
+    np.testing.assert_array_equal(one.membranes[5], two.membranes[5])
+    np.testing.assert_array_equal(one.output_offsets, two.output_offsets)

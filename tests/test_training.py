@@ -1,0 +1,60 @@
+"""The training loop, checkpoints and resume, the CLI and the experiment, end to end on tiny runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from chiploop.data import default_data_dir
+from chiploop.training.cli import main
+from chiploop.training.config import TrainConfig
+from chiploop.training.experiment import run_experiment
+from chiploop.training.trainer import load_checkpoint, train
+
+DATA = default_data_dir()
+pytestmark = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+
+TINY = dict(width=0.25, bins=3, batch_size=32, max_train=64, max_val=40, calibration_samples=32, progress=False)
+
+
+def test_train_writes_everything_and_resumes(tmp_path, daemon):
+    torch.manual_seed(0)
+    cfg = TrainConfig(method="cil-bptt", epochs=1, out=str(tmp_path / "run"), chip=(daemon.address,), **TINY)
+    first = train(cfg)
+    for name in ("checkpoint.pt", "config.json", "metrics.csv", "summary.json", "accuracy.png", "weights.png"):
+        assert (first.out / name).is_file(), name
+    assert any((first.out / "tb").iterdir())
+    assert first.final.chip is not None and 0.0 <= first.final.chip <= 1.0
+    cfg.epochs, cfg.resume = 2, True
+    second = train(cfg)
+    assert [h["epoch"] for h in second.history] == [0, 1]
+    assert second.history[0] == first.history[0]  # the first epoch is kept, not redone
+    rows = list(csv.DictReader(open(second.out / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert load_checkpoint(second.out / "checkpoint.pt")["epoch"] == 1
+
+
+def test_cli_train_then_eval(tmp_path, daemon, capsys):
+    out = tmp_path / "cli"
+    args = ["--chip", daemon.address, "--width", "0.25", "--bins", "3", "--batch-size", "32", "--max-train", "32",
+            "--max-val", "30", "--quiet"]
+    assert main(["train", "--method", "bptt", "--epochs", "1", "--out", str(out), *args]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(out / "checkpoint.pt"), "--chip", daemon.address, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 30 and report["method"] == "bptt"
+    # eval reproduces the run's own final validation numbers (same split, same integer network).
+    for key in ("software", "sync_int", "chip"):
+        assert report[key] == pytest.approx(trained[key])
+
+
+def test_experiment_writes_table1(tmp_path, daemon):
+    base = TrainConfig(out=str(tmp_path / "exp"), chip=(daemon.address,), **TINY)
+    base.extra["epochs"] = {"cnn": 1, "bptt": 1}
+    results = run_experiment(base, ["cnn", "bptt"], budget_min=5)
+    assert set(results) == {"cnn", "bptt"}
+    table = (tmp_path / "exp" / "table1.md").read_text()
+    assert "| cnn |" in table and "| bptt |" in table and "degradation" in table
+    assert (tmp_path / "exp" / "table1.png").is_file() and (tmp_path / "exp" / "chip_accuracy.png").is_file()
