@@ -49,6 +49,17 @@ T = TypeVar("T")
 #: Bytes one DVS event takes on the wire.
 EVENT_BYTES = DVS_EVENT_DTYPE.itemsize
 
+CHANNEL_OPTIONS = [
+    # The daemon enforces its own message limit; the client takes whatever it sends.
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # gRPC's own reconnect backoff grows to 2 minutes, during which calls fail at once without
+    # trying; keep it short so that the client's retries can find a daemon that has just come up.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
 
 @dataclass(frozen=True)
 class ChipInfo:
@@ -112,10 +123,7 @@ class ChipClient:
         self.max_in_flight = max(1, int(max_in_flight))
         self.backoff_s = backoff_s
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        # The daemon enforces its own message limit; the client takes whatever it sends.
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        )
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ChipStub(self._channel)
         self._specs: OrderedDict[str, NetworkSpec] = OrderedDict()  # to estimate response sizes
         self._specs_lock = threading.Lock()

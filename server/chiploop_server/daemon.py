@@ -155,7 +155,7 @@ def serve(config: DaemonConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     daemon.start()
     print(f"chiploop daemon: backend {config.backend} serving on {daemon.address} (pid {os.getpid()})", flush=True)
-    while not stop.wait(1.0):
+    while not stop.wait(0.2):
         pass
     daemon.stop()
     log.info("stopped")

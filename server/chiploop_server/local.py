@@ -106,9 +106,10 @@ class LocalDaemon:
 
     def _wait_healthy(self, deadline: float) -> None:
         import grpc
+        from chiploop.client import CHANNEL_OPTIONS
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        with grpc.insecure_channel(self.address) as channel:
+        with grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:

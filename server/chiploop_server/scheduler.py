@@ -11,6 +11,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Protocol
 
@@ -25,6 +26,7 @@ log = logging.getLogger("chiploop.scheduler")
 class JobQueue(Protocol):
     def push(self, job: Job) -> None: ...
     def pop(self) -> Job: ...
+    def discard(self, dead: Callable[[Job], bool]) -> None: ...
     def __len__(self) -> int: ...
 
 
@@ -40,8 +42,15 @@ class FifoQueue:
     def pop(self) -> Job:
         return self._jobs.popleft()
 
+    def discard(self, dead: Callable[[Job], bool]) -> None:
+        self._jobs = collections.deque(job for job in self._jobs if not dead(job))
+
     def __len__(self) -> int:
         return len(self._jobs)
+
+
+def _abandoned(job: Job) -> bool:
+    return job.future.cancelled()
 
 
 class Scheduler:
@@ -62,6 +71,7 @@ class Scheduler:
     def depth(self) -> int:
         """Jobs waiting, not counting the one running."""
         with self._cond:
+            self._queue.discard(_abandoned)
             return len(self._queue)
 
     def submit(self, job: Job) -> Future:
@@ -69,6 +79,8 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise BackendUnavailable("the daemon is shutting down")
+            if len(self._queue) >= self.max_queue:
+                self._queue.discard(_abandoned)  # callers that went away hold no place
             if len(self._queue) >= self.max_queue:
                 raise ResourceExhausted(
                     f"the device queue is full ({self.max_queue} jobs waiting); retry later"

@@ -157,6 +157,7 @@ class ChipServicer(pb_grpc.ChipServicer):
 
     @_answer_errors
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
+        user_of(context)
         info = self.device.info()
         response = pb.GetInfoResponse(
             backend=info["backend"],

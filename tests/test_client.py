@@ -1,0 +1,170 @@
+"""ChipClient against a real daemon: every RPC from the client side, chunking, async runs,
+streams, retries and the error mapping."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+from chiploop.client import ChipClient, ChipInfo, Deployment
+from chiploop.errors import BackendUnavailable, FailedPrecondition, InvalidArgument, NotFound
+from chiploop.events import CHIP_EVENT_DTYPE, make_dvs_events
+from chiploop.limits import SPECK
+from chiploop.run import Readout, pack_samples
+from conftest import small_spec
+
+READOUT = Readout(bin_us=100_000, num_bins=3, membrane_layers=(1,))
+
+
+def assert_same_result(a, b) -> None:
+    np.testing.assert_array_equal(a.output_events, b.output_events)
+    np.testing.assert_array_equal(a.output_offsets, b.output_offsets)
+    assert a.counts.keys() == b.counts.keys() and a.membranes.keys() == b.membranes.keys()
+    for k in a.counts:
+        np.testing.assert_array_equal(a.counts[k], b.counts[k])
+    for k in a.membranes:
+        np.testing.assert_array_equal(a.membranes[k], b.membranes[k])
+    np.testing.assert_array_equal(a.counters, b.counters)
+
+
+def test_info_describes_the_daemon(client):
+    info = client.info()
+    assert isinstance(info, ChipInfo)
+    assert info.backend == "sim" and info.limits == SPECK and info.protocol_version == 1
+    assert info.max_message_bytes == 64 << 20 and "sim" in info.backends_available
+
+
+def test_deploy_run_update_run_outputs_follow_the_weights(client, nmnist_samples):
+    spec = small_spec(threshold=8)
+    first = client.deploy(spec)
+    assert isinstance(first, Deployment) and len(first.cores) == 2
+    assert client.deploy(spec) == Deployment(first.model_id, first.cores, cached=True)
+
+    samples = nmnist_samples[:4]
+    before = client.run(first.model_id, samples, READOUT)
+    assert before.num_samples == 4 and before.counts[1].shape == (4, 3, 10)
+    assert before.counts[1].sum() > 0
+    assert before.counts[1].flags.writeable  # the client hands out arrays the caller owns
+
+    louder = np.clip(spec.layers[1].weights.astype(np.int16) + 3, -128, 127).astype(np.int8)
+    new_id = client.update_weights(first.model_id, {1: louder})
+    assert new_id != first.model_id
+    after = client.run(new_id, samples, READOUT)
+    assert after.counts[1].sum() > before.counts[1].sum()  # stronger output weights, more output spikes
+    np.testing.assert_array_equal(after.counts.get(0, 0), before.counts.get(0, 0))  # layer 0 untouched
+
+    silent = client.update_weights(new_id, {1: {"weights": np.zeros_like(louder), "threshold_high": 100}})
+    assert client.run(silent, samples, READOUT).counts[1].sum() == 0
+    back = client.update_weights(silent, {1: {"weights": spec.layers[1].weights, "threshold_high": 8}})
+    assert back == first.model_id  # content-addressed: the same network, the same id
+    assert_same_result(client.run(back, samples, READOUT), before)
+
+
+def test_chunked_pipelined_runs_equal_one_call(daemon, client, nmnist_samples):
+    model = client.deploy(small_spec(threshold=8)).model_id
+    whole = client.run(model, nmnist_samples, READOUT)
+    with ChipClient(daemon.address, max_chunk_bytes=60_000, max_in_flight=3) as small:
+        bounds = small._chunk_bounds(model, pack_samples(nmnist_samples)[1], READOUT)
+        assert len(bounds) >= 8
+        assert_same_result(small.run(model, nmnist_samples, READOUT), whole)
+
+
+def test_packed_input_and_a_single_sample_are_accepted(client, nmnist_samples):
+    model = client.deploy(small_spec(threshold=8)).model_id
+    events, offsets = pack_samples(nmnist_samples[:3])
+    assert_same_result(client.run(model, (events, offsets), READOUT), client.run(model, nmnist_samples[:3], READOUT))
+    assert client.run(model, nmnist_samples[0], READOUT).num_samples == 1
+    assert client.run(model, [], READOUT).num_samples == 0
+
+
+def test_run_async_overlaps_and_matches_run(client, nmnist_samples):
+    model = client.deploy(small_spec(threshold=8)).model_id
+    futures = [client.run_async(model, nmnist_samples[i : i + 4], READOUT) for i in (0, 4, 8)]
+    for i, future in zip((0, 4, 8), futures, strict=True):
+        assert_same_result(future.result(60), client.run(model, nmnist_samples[i : i + 4], READOUT))
+
+
+def test_event_dtype_is_checked_before_sending(client):
+    with pytest.raises(InvalidArgument, match=r"samples\[1\]: dtype must be chiploop.events.DVS_EVENT_DTYPE"):
+        client.run("any", [make_dvs_events([1], [1], [0], [0]), np.zeros(3, np.int64)])
+
+
+def test_server_refusals_surface_as_chiploop_errors_with_the_field(client):
+    model = client.deploy(small_spec()).model_id
+    with pytest.raises(InvalidArgument) as err:
+        client.run(model, [make_dvs_events([50], [1], [0], [0])])
+    assert err.value.field == "events[0].x" and "sensor width 34" in str(err.value)
+    with pytest.raises(NotFound, match="model_id: no model 'missing'"):
+        client.run("missing", [make_dvs_events([1], [1], [0], [0])])
+    with pytest.raises(InvalidArgument, match=r"updates\[1\]\.weights: shape must stay"):
+        client.update_weights(model, {1: np.zeros((2, 2, 2, 2), np.int8)})
+
+
+def test_a_stream_session_feeds_chunks_reads_resets_and_outlives_its_stream(client, nmnist_samples):
+    model = client.deploy(small_spec(threshold=8)).model_id
+    sample = nmnist_samples[0]
+    run = client.run(model, [sample], READOUT)
+    with client.stream(model, READOUT) as stream:
+        outs = [stream.send(chunk) for chunk in np.array_split(sample, 5)]
+        assert stream.events_in == sample.size
+        np.testing.assert_array_equal(np.concatenate(outs), run.sample_events(0))
+        outputs = stream.read_outputs()
+        assert outputs.output_events.dtype == CHIP_EVENT_DTYPE
+        np.testing.assert_array_equal(outputs.counts[1], run.counts[1][0])
+        assert outputs.counters[0] == sample.size
+        membranes = stream.read_membranes()
+        assert membranes[1].shape == (10, 1, 1) and membranes[1].dtype == np.int16
+        assert stream.read_membranes((0,))[0].shape == (4, 8, 8)
+        stream.reset()
+        assert stream.read_outputs().counters.sum() == 0
+        stream.send(sample[:500])  # time starts again after a reset
+    with pytest.raises(FailedPrecondition, match="stream is closed"):
+        stream.send(sample[:10])
+    assert stream.read_outputs().counters[0] == 500  # readable after the stream ended
+    assert client.info().sessions_open >= 1
+
+
+def test_sessions_belong_to_their_user(daemon, nmnist_samples):
+    with ChipClient(daemon.address, token="alice") as alice, ChipClient(daemon.address, token="bob") as bob:
+        model = alice.deploy(small_spec()).model_id
+        with alice.stream(model, READOUT) as stream:
+            stream.send(nmnist_samples[0][:100])
+            with pytest.raises(NotFound, match="session_id"):
+                bob.read_outputs(stream.session_id)
+
+
+def test_an_unknown_model_ends_the_stream_with_not_found(client):
+    with pytest.raises(NotFound, match="model_id"):
+        client.stream("missing", READOUT)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unavailable_is_retried_with_backoff_then_raised():
+    with ChipClient(f"127.0.0.1:{_free_port()}", retries=2, backoff_s=0.1, timeout=2) as chip:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match="127.0.0.1"):
+            chip.info()
+        assert time.monotonic() - started >= 0.1 * 0.5 + 0.2 * 0.5  # two backoffs, at their shortest
+
+
+def test_a_daemon_that_comes_up_while_the_client_retries_is_reached():
+    from chiploop_server.local import LocalDaemon
+
+    port = _free_port()
+    local = LocalDaemon(address=f"127.0.0.1:{port}")
+    starter = threading.Timer(0.3, local.start)
+    starter.start()
+    try:
+        with ChipClient(f"127.0.0.1:{port}", retries=8, backoff_s=0.2, timeout=5) as chip:
+            assert chip.info().backend == "sim"
+    finally:
+        starter.join()
+        local.stop()

@@ -1,0 +1,346 @@
+"""The daemon over real gRPC on loopback: health, reflection, every refusal with its code and
+field, limits, deadlines, config, graceful stop. After each refusal a good call shows the
+daemon still serves."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from chiploop import wire
+from chiploop.client import ChipClient
+from chiploop.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from chiploop.events import DVS_EVENT_DTYPE, make_dvs_events
+from chiploop.run import Readout, pack_samples
+from chiploop.v1 import chiploop_pb2 as pb
+from chiploop.v1 import chiploop_pb2_grpc as pb_grpc
+from chiploop_server import config as daemon_config
+from chiploop_server.config import DaemonConfig
+from chiploop_server.daemon import Daemon
+from conftest import small_spec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def channel(daemon):
+    with grpc.insecure_channel(daemon.address) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return pb_grpc.ChipStub(channel)
+
+
+@pytest.fixture(scope="module")
+def model_id(daemon):
+    with ChipClient(daemon.address) as chip:
+        return chip.deploy(small_spec(threshold=8)).model_id
+
+
+def run_request(model_id: str, events: np.ndarray, offsets=None, readout: Readout | None = None) -> pb.RunRequest:
+    readout = Readout() if readout is None else readout
+    request = pb.RunRequest(model_id=model_id)
+    wire.encode_array(events, request.events)
+    wire.encode_array(np.array([0, len(events)], np.int64) if offsets is None else offsets, request.offsets)
+    wire.encode_readout(readout, request.readout)
+    return request
+
+
+def refused(call, code: grpc.StatusCode, *match: str) -> str:
+    """Make a call that must fail with ``code`` and a message holding every ``match``."""
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() == code, err.value.details()
+    for m in match:
+        assert m in err.value.details(), err.value.details()
+    return err.value.details()
+
+
+def still_serves(stub, model_id: str) -> None:
+    events = make_dvs_events([1, 2], [3, 4], [0, 1], [10, 20])
+    response = stub.Run(run_request(model_id, events), timeout=30)
+    assert wire.decode_run_result(response).num_samples == 1
+
+
+# ------------------------------------------------------------------ standard services
+
+
+def test_health_answers_serving_for_the_server_and_the_chip_service(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "chiploop.v1.Chip"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_and_describes_the_chip_service(channel):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    db = ProtoReflectionDescriptorDatabase(channel)
+    services = set(db.get_services())
+    assert {"chiploop.v1.Chip", "grpc.health.v1.Health"} <= services
+    chip = db.FindFileContainingSymbol("chiploop.v1.Chip")
+    assert chip.name == "chiploop/v1/chiploop.proto"
+
+
+# ------------------------------------------------------------------ refusals, each followed by a good call
+
+
+@pytest.mark.parametrize(
+    ("events", "where", "what"),
+    [
+        (make_dvs_events([1, 40], [1, 1], [0, 0], [0, 1]), "events[1].x", "x must be < sensor width 34, got 40"),
+        (make_dvs_events([1, 1], [1, 34], [0, 0], [0, 1]), "events[1].y", "y must be < sensor height 34"),
+        (make_dvs_events([1, 1], [1, 1], [0, 2], [0, 1]), "events[1].p", "p must be 0 or 1"),
+        (make_dvs_events([1, 1], [1, 1], [0, 0], [5, 3]), "events[1].t", "timestamps must be sorted, 3 follows 5"),
+        (make_dvs_events([1, 1], [1, 1], [0, 0], [-5, 3]), "events[0].t", "t must be >= 0"),
+    ],
+)
+def test_bad_events_are_invalid_argument_naming_the_event(stub, model_id, events, where, what):
+    refused(lambda: stub.Run(run_request(model_id, events), timeout=10), grpc.StatusCode.INVALID_ARGUMENT, where, what)
+    still_serves(stub, model_id)
+
+
+def test_unsorted_events_within_one_sample_of_a_batch_are_refused_naming_the_sample(stub, model_id):
+    a = make_dvs_events([1, 1], [1, 1], [0, 0], [0, 9])
+    b = make_dvs_events([1, 1, 1], [1, 1, 1], [0, 0, 0], [0, 7, 6])
+    events, offsets = pack_samples([a, b])  # 9 -> 0 across the samples is fine, 7 -> 6 is not
+    refused(
+        lambda: stub.Run(run_request(model_id, events, offsets), timeout=10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "events[4].t",
+        "(sample 1)",
+    )
+    still_serves(stub, model_id)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (lambda r: wire.encode_array(np.zeros(3, np.int64), r.events), "events: dtype must be"),
+        (
+            lambda r: wire.encode_array(np.zeros(3, [("x", "<u2"), ("y", "<u2"), ("p", "u1"), ("t", "<i4")]), r.events),
+            "events: dtype must be",
+        ),
+        (lambda r: wire.encode_array(np.zeros((2, 1), DVS_EVENT_DTYPE), r.events), "events: must be 1-D"),
+        (lambda r: setattr(r.events, "data", r.events.data[:-1]), "events.data: holds"),
+        (lambda r: r.ClearField("events"), "events: missing"),
+        (lambda r: wire.encode_array(np.array([0, 1], np.int32), r.offsets), "offsets: dtype must be int64"),
+        (lambda r: wire.encode_array(np.array([0, 1, 5], np.int64), r.offsets), "offsets[2]: must equal the number of events 2"),
+        (lambda r: wire.encode_array(np.array([1, 2], np.int64), r.offsets), "offsets[0]: must be 0"),
+        (lambda r: setattr(r.readout, "num_bins", 0), "readout.num_bins: must be 1.."),
+        (lambda r: r.readout.membrane_layers.append(7), "readout.membrane_layers: no layer 7"),
+    ],
+)
+def test_malformed_run_requests_are_invalid_argument_naming_the_field(stub, model_id, mutate, where):
+    request = run_request(model_id, make_dvs_events([1, 2], [1, 2], [0, 1], [0, 5]))
+    mutate(request)
+    refused(lambda: stub.Run(request, timeout=10), grpc.StatusCode.INVALID_ARGUMENT, where)
+    still_serves(stub, model_id)
+
+
+@pytest.mark.parametrize(
+    ("spec_change", "match"),
+    [
+        (lambda s: s.with_layer(1, weights=np.full((10, 4, 8, 8), np.nan, np.float32)), ["layers[1].weights", "NaN or inf"]),
+        (lambda s: s.with_layer(1, weights=np.full((10, 4, 8, 8), np.inf)), ["layers[1].weights", "NaN or inf"]),
+        (
+            lambda s: s.with_layer(0, weights=np.full((4, 2, 3, 3), 200, np.int16)),
+            ["layers[0]: weight is 200, the chip allows -128..127"],
+        ),
+        (lambda s: s.with_layer(0, weights=np.ones((4, 2, 3, 3), np.float32)), ["layers[0].weights", "quantize first"]),
+        (
+            lambda s: s.with_layer(0, weights=np.ones((1100, 2, 3, 3), np.int8)),
+            ["layers[0]: output channels is 1100, the chip allows 1..1024"],
+        ),
+        (lambda s: s.with_layer(0, stride=(3, 3)), ["layers[0]: stride (y) is 3, the chip allows 1/2/4/8"]),
+        (lambda s: s.with_layer(1, threshold_high=40000), ["layers[1]: threshold_high is 40000"]),
+    ],
+)
+def test_networks_breaking_the_chip_are_refused_naming_layer_limit_and_value(stub, model_id, spec_change, match):
+    request = pb.DeployRequest()
+    wire.encode_network(spec_change(small_spec()), request.network)
+    refused(lambda: stub.Deploy(request, timeout=10), grpc.StatusCode.INVALID_ARGUMENT, *match)
+    still_serves(stub, model_id)
+
+
+def test_bad_weight_updates_are_refused_naming_the_field(stub, model_id):
+    for weights, match in (
+        (np.full((10, 4, 8, 8), np.nan), "layers[1].weights: contains NaN"),
+        (np.full((10, 4, 8, 8), -129, np.int16), "layers[1]: weight is -129"),
+        (np.zeros((10, 4, 8), np.int8), "updates[0].weights: must be 4-D"),
+    ):
+        request = pb.UpdateWeightsRequest(model_id=model_id)
+        wire.encode_updates({1: weights}, request.updates)
+        refused(lambda r=request: stub.UpdateWeights(r, timeout=10), grpc.StatusCode.INVALID_ARGUMENT, match)
+    still_serves(stub, model_id)
+
+
+def test_unknown_model_and_session_ids_are_not_found(stub, model_id):
+    refused(lambda: stub.Run(run_request("0" * 32, make_dvs_events([1], [1], [0], [0])), timeout=10),
+            grpc.StatusCode.NOT_FOUND, "model_id", "0" * 32)  # fmt: skip
+    update = pb.UpdateWeightsRequest(model_id="nope", updates=[pb.LayerUpdate(layer=0, threshold_high=3)])
+    refused(lambda: stub.UpdateWeights(update, timeout=10), grpc.StatusCode.NOT_FOUND, "no model 'nope'")
+    for call in (stub.ReadOutputs, stub.ReadMembranes):
+        refused(lambda c=call: c(pb.SessionRequest(session_id="gone"), timeout=10), grpc.StatusCode.NOT_FOUND, "session_id")
+    refused(lambda: stub.Reset(pb.ResetRequest(session_id="gone"), timeout=10), grpc.StatusCode.NOT_FOUND, "'gone'")
+    still_serves(stub, model_id)
+
+
+def test_a_malformed_authorization_header_is_unauthenticated(stub, model_id):
+    refused(
+        lambda: stub.GetInfo(pb.GetInfoRequest(), metadata=(("authorization", "Basic abc"),), timeout=10),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "Bearer <token>",
+    )
+    assert stub.GetInfo(pb.GetInfoRequest(), metadata=(("authorization", "Bearer abc"),), timeout=10).backend
+
+
+def test_a_stream_must_open_first_and_feed_sorted_chunks(stub, model_id):
+    chunk = pb.StreamRequest(events=wire.encode_array(make_dvs_events([1], [1], [0], [5])))
+    refused(lambda: list(stub.StreamEvents(iter([chunk]), timeout=10)), grpc.StatusCode.INVALID_ARGUMENT, "open:")
+    opening = pb.StreamRequest(open=pb.StreamOpen(model_id=model_id, readout=wire.encode_readout(Readout())))
+    earlier = pb.StreamRequest(events=wire.encode_array(make_dvs_events([1], [1], [0], [2])))
+    responses = []
+    with pytest.raises(grpc.RpcError) as err:
+        for response in stub.StreamEvents(iter([opening, chunk, earlier]), timeout=10):
+            responses.append(response)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "events[0].t" in err.value.details()
+    assert len(responses) == 2 and responses[1].events_in == 1  # the opening and the good chunk were answered
+    still_serves(stub, model_id)
+
+
+def test_an_expired_client_deadline_is_deadline_exceeded(daemon, stub, model_id, nmnist_samples):
+    with ChipClient(daemon.address, retries=0) as chip:
+        with pytest.raises(DeadlineExceeded):
+            chip.run(model_id, nmnist_samples, Readout(), timeout=0.001)
+    still_serves(stub, model_id)
+
+
+# ------------------------------------------------------------------ a daemon with small limits, in-process
+
+
+@pytest.fixture(scope="module")
+def small_daemon():
+    settings = DaemonConfig(address="127.0.0.1:0", max_message_bytes=32 << 10, warm_up=False)
+    with Daemon(settings) as d:
+        yield d
+
+
+def test_a_message_over_the_size_limit_is_resource_exhausted(small_daemon, nmnist_samples):
+    with ChipClient(small_daemon.address, retries=0) as chip:
+        model = chip.deploy(small_spec(threshold=8)).model_id
+        big = nmnist_samples[0]
+        assert big.nbytes > 32 << 10
+        with pytest.raises(ResourceExhausted, match="larger than max"):
+            chip.run(model, [big])
+        assert chip.run(model, [big[:100]]).num_samples == 1  # and it keeps serving
+
+
+def test_a_response_over_the_limit_is_split_by_the_client(small_daemon, daemon, nmnist_samples):
+    samples = [s[:200] for s in nmnist_samples[:8]]  # 21 KB of events in all: the request fits
+    readout = Readout(bin_us=10_000, num_bins=30, membrane_layers=(0,))  # 7.7 KB of membranes per sample do not
+    spec = small_spec(threshold=8)
+    with ChipClient(small_daemon.address, retries=0) as chip, ChipClient(daemon.address) as reference:
+        result = chip.run(chip.deploy(spec).model_id, samples, readout)
+        expected = reference.run(reference.deploy(spec).model_id, samples, readout)
+    np.testing.assert_array_equal(result.membranes[0], expected.membranes[0])
+    np.testing.assert_array_equal(result.output_events, expected.output_events)
+
+
+@pytest.fixture(scope="module")
+def busy_daemon():
+    """One job may wait beside the running one."""
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_queue=1, warm_up=False)) as d:
+        yield d
+
+
+def test_a_call_that_waits_past_its_deadline_is_deadline_exceeded_and_a_full_queue_refuses(
+    busy_daemon, nmnist_samples
+):
+    with ChipClient(busy_daemon.address, retries=0, max_chunk_bytes=1 << 30) as chip:
+        model = chip.deploy(small_spec(threshold=4)).model_id
+        assert chip.run(model, nmnist_samples[:1]).num_samples == 1
+        first = chip.run_async(model, nmnist_samples * 4, timeout=120)  # a second or more of simulation
+        time.sleep(0.3)
+        with pytest.raises(DeadlineExceeded):
+            chip.run(model, nmnist_samples[:1], timeout=0.3)
+        second = chip.run_async(model, nmnist_samples[:1], timeout=120)
+        time.sleep(0.1)
+        with pytest.raises(ResourceExhausted, match="queue is full"):
+            chip.run(model, nmnist_samples[:1])
+        assert first.result(120).num_samples == 64 and second.result(120).num_samples == 1
+        assert chip.run(model, nmnist_samples[:1]).num_samples == 1
+
+
+# ------------------------------------------------------------------ config and life cycle
+
+
+def test_config_precedence_is_flags_over_env_over_file(tmp_path):
+    path = tmp_path / "chiploop.toml"
+    path.write_text('workers = 3\nmax_queue = 7\n[daemon]\nbackend = "sim"\nsession_ttl_s = 5\n')
+    env = {"CHIPLOOP_CONFIG": str(path), "CHIPLOOP_WORKERS": "2", "CHIPLOOP_ADDRESS": "0.0.0.0:6000"}
+    settings = daemon_config.load({"workers": 4, "address": None}, env=env)
+    assert (settings.workers, settings.max_queue, settings.address, settings.session_ttl_s) == (4, 7, "0.0.0.0:6000", 5.0)
+    assert daemon_config.load({}, env=env).workers == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "text", "match"),
+    [
+        ({}, {}, "wokers = 2\n", "wokers: unknown setting"),
+        ({}, {}, "workers = 'many'\n", "workers: must be int"),
+        ({}, {}, "workers = [\n", "not valid TOML"),
+        ({}, {"CHIPLOOP_WORKERS": "two"}, "", "CHIPLOOP_WORKERS: must be int, got 'two'"),
+        ({"address": "nowhere"}, {}, "", "address: must be HOST:PORT"),
+        ({"workers": 0}, {}, "", "workers: must be >= 1"),
+    ],
+)
+def test_bad_settings_are_refused_naming_where_they_came_from(tmp_path, flags, env, text, match):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgument, match=match):
+        daemon_config.load({**flags, "config": str(path)}, env=env)
+
+
+def test_serve_with_a_bad_setting_exits_2_with_the_reason(capsys):
+    from chiploop.cli import main
+
+    assert main(["serve", "--address", "127.0.0.1:0", "--workers", "0"]) == 2
+    assert "workers: must be >= 1" in capsys.readouterr().err
+
+
+def test_sigterm_lets_the_running_call_finish_then_exits_cleanly(nmnist_samples):
+    from chiploop_server.local import LocalDaemon
+
+    with LocalDaemon(extra_args=["--grace-s", "20"]) as local:
+        with ChipClient(local.address, retries=0) as chip:
+            model = chip.deploy(small_spec(threshold=4)).model_id
+            running = chip.run_async(model, nmnist_samples * 2, timeout=60)
+            time.sleep(0.3)
+            stopper = threading.Thread(target=local.stop)
+            stopper.start()
+            assert running.result(60).num_samples == 32
+            stopper.join(30)
+        assert local.process.returncode == 0
+        assert local.port is None
+
+
+def test_info_and_health_commands(daemon, capsys):
+    from chiploop.cli import main
+
+    assert main(["info", daemon.address]) == 0
+    out = capsys.readouterr().out
+    assert "backend       sim" in out and "9 cores" in out
+    assert main(["health", daemon.address]) == 0
+    assert "SERVING" in capsys.readouterr().out
+
+
+def test_info_of_an_absent_daemon_fails_with_unavailable(capsys):
+    from chiploop.cli import main
+
+    assert main(["info", "127.0.0.1:1", "--timeout", "2"]) == 1
+    assert "BackendUnavailable" in capsys.readouterr().err
