@@ -1,0 +1,89 @@
+"""Stream sessions: a sample fed in chunks gives what run_batch gives on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from chiploop.errors import InvalidArgument
+from chiploop.events import make_dvs_events
+from chiploop.run import Readout
+from chiploop.spec import InputLayer, Layer, NetworkSpec
+from chiploop_server.sim import SimNetwork, SimSession, run_batch
+
+
+def branching_network(leak: bool) -> NetworkSpec:
+    rng = np.random.default_rng(7)
+    first = Layer(
+        weights=rng.integers(-20, 60, (4, 2, 3, 3)).astype(np.int8),
+        threshold_high=60,
+        padding=(1, 1),
+        pool=(2, 2),
+        destinations=(1, 2),
+        leak=np.array([-3, 2, 0, 5], np.int16) if leak else None,
+        leak_period_us=7 if leak else 0,
+    )
+    second = Layer(weights=rng.integers(-20, 60, (3, 4, 2, 2)).astype(np.int8), threshold_high=50)
+    third = Layer(weights=rng.integers(-20, 60, (2, 4, 4, 4)).astype(np.int8), threshold_high=40, reset="zero")
+    return NetworkSpec(layers=(first, second, third), input=InputLayer(sensor_size=(8, 8)), monitor=(0,), hop_latency_us=1)
+
+
+def sample(n: int = 400, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.integers(0, 2000, n))
+    t[100:110] = t[100]  # a run of equal times, cut by a chunk boundary below
+    return make_dvs_events(rng.integers(0, 8, n), rng.integers(0, 8, n), rng.integers(0, 2, n), np.sort(t))
+
+
+@pytest.mark.parametrize("mode", ["depth_first", "breadth_first"])
+@pytest.mark.parametrize("leak", [False, True])
+def test_chunks_give_what_run_batch_gives(mode, leak):
+    net = SimNetwork.from_spec(branching_network(leak))
+    events = sample()
+    readout = Readout(t0_us=100, bin_us=250, num_bins=8, spatial_counts=True, membrane_layers=(0, 2), mode=mode)
+    batch = run_batch(net, events, np.array([0, events.size], np.int64), readout)
+    assert batch.counters[0, 4:].min() > 0, "every layer should fire"
+
+    session = SimSession(net, readout)
+    caused = [session.feed(chunk) for chunk in np.split(events, [1, 105, 106, 250, 399])]
+    caused.append(session.advance(readout.t_end_us - 1))  # batch runs leak ticks to the window's end
+    outputs = session.output_events()
+    assert outputs.tobytes() == np.concatenate(caused).tobytes()
+    assert outputs.tobytes() == batch.sample_events(0).tobytes()
+    np.testing.assert_array_equal(session.counters(), batch.counters[0])
+    for layer, counts in session.counts().items():
+        np.testing.assert_array_equal(counts, batch.counts[layer][0])
+    assert set(session.counts()) == set(batch.counts)
+    for layer, state in session.membranes().items():
+        np.testing.assert_array_equal(state, batch.membranes[layer][0, -1])  # the last bin ends at t_end
+
+
+def test_reset_starts_over():
+    net = SimNetwork.from_spec(branching_network(leak=True))
+    events = sample()
+    session = SimSession(net, Readout(bin_us=500, num_bins=4))
+    first = session.feed(events)
+    session.reset()
+    assert session.output_events().size == 0 and not session.counters().any()
+    assert all(not m.any() for m in session.membranes(range(3)).values())
+    assert session.feed(events).tobytes() == first.tobytes()
+
+
+def test_a_session_refuses_time_going_back_sync_mode_and_bad_layers():
+    net = SimNetwork.from_spec(branching_network(leak=False))
+    session = SimSession(net, Readout())
+    session.feed(make_dvs_events([1], [1], [0], [50]))
+    with pytest.raises(InvalidArgument) as err:
+        session.feed(make_dvs_events([1], [1], [0], [49]))
+    assert err.value.field == "events[0].t"
+    with pytest.raises(InvalidArgument) as err:
+        session.feed(make_dvs_events([1, 1], [1, 1], [0, 0], [60, 55]))
+    assert err.value.field == "events[1].t"
+    with pytest.raises(InvalidArgument) as err:
+        session.advance(10)
+    assert err.value.field == "t_us"
+    with pytest.raises(InvalidArgument) as err:
+        session.membranes([3])
+    assert err.value.field == "layers"
+    with pytest.raises(InvalidArgument) as err:
+        SimSession(net, Readout(mode="sync"))
+    assert err.value.field == "readout.mode"
