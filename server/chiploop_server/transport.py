@@ -192,17 +192,29 @@ class ChipServicer(pb_grpc.ChipServicer):
 
     @_answer_errors
     def Run(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunResponse:
+        t0 = time.perf_counter()
         user = user_of(context)
         model = self.registry.get(request.model_id)
         readout = wire.decode_readout(request.readout)
         readout.check(len(model.spec.layers))
         events = wire.decode_array(_required(request, "events"), "events", dtype=DVS_EVENT_DTYPE, ndim=1)
         offsets = wire.decode_array(_required(request, "offsets"), "offsets", dtype=np.dtype("<i8"), ndim=1)
+        t1 = time.perf_counter()
         check_dvs_events(events, model.spec.input.sensor_size, "events", offsets=offsets)
+        t2 = time.perf_counter()
         result = self._do(
             context, "run", user, lambda device: device.run(model.handle, events, offsets, readout), size=events.size
         )
-        return wire.encode_run_result(result, model.model_id)
+        t3 = time.perf_counter()
+        response = wire.encode_run_result(result, model.model_id)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "Run %s: %d samples, %d events; decode %.2f ms, checks %.2f ms, device %.2f ms "
+                "(compute %.2f ms), encode %.2f ms",
+                model.model_id[:8], offsets.size - 1, events.size, 1e3 * (t1 - t0), 1e3 * (t2 - t1),
+                1e3 * (t3 - t2), 1e3 * result.compute_seconds, 1e3 * (time.perf_counter() - t3),
+            )  # fmt: skip
+        return response
 
     # ------------------------------------------------------------ stream sessions
 
