@@ -35,6 +35,13 @@ BACKENDS = [
 READOUT = Readout(bin_us=100_000, num_bins=3, membrane_layers=(0,))
 
 
+def readout_for(device) -> Readout:
+    """READOUT in the device's own mode, with membranes where it can read them."""
+    return Readout(
+        bin_us=100_000, num_bins=3, membrane_layers=(0,) if device.supports_membranes else (), mode=device.modes[0]
+    )
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def device(request):
     name = request.param
@@ -72,13 +79,14 @@ def test_device_info_names_backend_chip_and_limits(device):
 def test_device_run_returns_the_packed_result_shapes(device, batch):
     events, offsets = batch
     spec = small_spec(threshold=8)
-    result = device.run(device.deploy(spec), events, offsets, READOUT)
+    result = device.run(device.deploy(spec), events, offsets, readout_for(device))
     n = offsets.size - 1
     assert result.num_samples == n
     assert result.output_events.dtype == CHIP_EVENT_DTYPE
     assert result.output_offsets[-1] == result.output_events.size
     assert result.counts[1].shape == (n, 3, 10)
-    assert result.membranes[0].shape == (n, 3, 4, 8, 8) and result.membranes[0].dtype == np.int16
+    if device.supports_membranes:
+        assert result.membranes[0].shape == (n, 3, 4, 8, 8) and result.membranes[0].dtype == np.int16
     assert result.counters.shape == (n, 4 + 2)
     np.testing.assert_array_equal(result.counter("input_events"), np.diff(offsets))
     assert result.compute_seconds > 0
@@ -87,9 +95,9 @@ def test_device_run_returns_the_packed_result_shapes(device, batch):
 def test_device_runs_samples_independently_and_deterministically(device, batch):
     events, offsets = batch
     handle = device.deploy(small_spec(threshold=8))
-    together = device.run(handle, events, offsets, READOUT)
+    together = device.run(handle, events, offsets, readout_for(device))
     for i in range(offsets.size - 1):
-        alone = device.run(handle, events[offsets[i] : offsets[i + 1]], np.array([0, offsets[i + 1] - offsets[i]]), READOUT)
+        alone = device.run(handle, events[offsets[i] : offsets[i + 1]], np.array([0, offsets[i + 1] - offsets[i]]), readout_for(device))
         np.testing.assert_array_equal(alone.counts[1][0], together.counts[1][i])
         np.testing.assert_array_equal(alone.sample_events(0), together.sample_events(i))
 
@@ -99,19 +107,20 @@ def test_device_update_changes_the_outputs_and_keeps_the_old_handle(device, batc
     spec = small_spec(threshold=8)
     handle = device.deploy(spec)
     silenced = device.update(handle, {1: {"weights": np.zeros_like(spec.layers[1].weights)}})
-    assert device.run(silenced, events, offsets, READOUT).counts[1].sum() == 0
-    assert device.run(handle, events, offsets, READOUT).counts[1].sum() > 0
+    assert device.run(silenced, events, offsets, readout_for(device)).counts[1].sum() == 0
+    assert device.run(handle, events, offsets, readout_for(device)).counts[1].sum() > 0
 
 
 def test_device_session_in_chunks_matches_a_run_and_resets(device, nmnist_samples):
     sample = nmnist_samples[0]
     handle = device.deploy(small_spec(threshold=8))
-    run = device.run(handle, sample, np.array([0, sample.size]), READOUT)
-    session = device.open_session(handle, READOUT)
+    run = device.run(handle, sample, np.array([0, sample.size]), readout_for(device))
+    session = device.open_session(handle, readout_for(device))
     outs = [session.feed(chunk) for chunk in np.array_split(sample, 4)]
     np.testing.assert_array_equal(np.concatenate(outs), run.sample_events(0))
     np.testing.assert_array_equal(session.counts()[1], run.counts[1][0])
-    assert session.membranes((0,))[0].shape == (4, 8, 8)
+    if device.supports_membranes:
+        assert session.membranes((0,))[0].shape == (4, 8, 8)
     assert session.counters()[0] == sample.size
     session.reset()
     assert session.output_events().size == 0 and session.counters().sum() == 0
@@ -350,3 +359,36 @@ def test_a_session_is_invisible_to_other_users():
     entry = _add(store, user="alice")
     with pytest.raises(NotFound):
         store.get(entry.session_id, "bob")
+
+
+# ------------------------------------------------------------------ the samna backends' host-side parts (no samna needed)
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_samna_backends_bin_counts_like_the_simulator(sim_device, batch, spatial):
+    from chiploop_server.devices.samna_backends import bin_counts
+
+    events, offsets = batch
+    spec = small_spec(threshold=8, monitor=(0,))
+    readout = Readout(bin_us=50_000, num_bins=5, spatial_counts=spatial)
+    result = sim_device.run(sim_device.deploy(spec), events, offsets, readout)
+    counts = bin_counts(spec, result.output_events, result.output_offsets, readout)
+    assert counts.keys() == result.counts.keys() == {0, 1}
+    for layer in counts:
+        np.testing.assert_array_equal(counts[layer], result.counts[layer])
+
+
+def test_samna_backends_refuse_what_they_cannot_configure():
+    from chiploop_server.devices.samna_backends import check_readout, check_supported
+
+    spec = small_spec()
+    with pytest.raises(InvalidArgument, match=r"layers\[0\]\.weights: backend speck needs square kernels, got 3x2"):
+        check_supported(spec.with_layer(0, weights=np.ones((4, 2, 3, 2), np.int8)), "speck")
+    with pytest.raises(InvalidArgument, match=r"layers\[0\]\.pool: backend speck needs square pooling"):
+        check_supported(spec.with_layer(0, pool=(2, 1)), "speck")
+    with pytest.raises(InvalidArgument, match="monitor: backend specksim"):
+        check_supported(small_spec(monitor=(0,)), "specksim")
+    with pytest.raises(InvalidArgument, match="readout.membrane_layers: backend speck cannot snapshot"):
+        check_readout(Readout(membrane_layers=(1,)), 2, "depth_first", "speck")
+    with pytest.raises(InvalidArgument, match="readout.mode: backend specksim runs breadth_first only"):
+        check_readout(Readout(), 2, "breadth_first", "specksim")

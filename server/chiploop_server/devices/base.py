@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from chiploop.limits import SPECK, ChipLimits
-from chiploop.run import Readout, RunResult
+from chiploop.run import RUN_MODES, Readout, RunResult
 from chiploop.spec import NetworkSpec
 
 
@@ -48,6 +48,10 @@ class Device(ABC):
     #: The backend's name as the CLI knows it: "sim", "speck", "specksim".
     name: str = ""
     limits: ChipLimits = SPECK
+    #: The readout modes it runs (chiploop.run.RUN_MODES), its own order first.
+    modes: tuple[str, ...] = RUN_MODES
+    #: Whether it can snapshot membranes (Readout.membrane_layers, Session.membranes).
+    supports_membranes: bool = True
 
     @abstractmethod
     def info(self) -> dict[str, Any]:
