@@ -247,7 +247,9 @@ class SpikingCNN(nn.Module):
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         self.reset_states()
-        return super().load_state_dict(state_dict, *args, **kwargs)
+        states = {f"spiking.{i}.{name}" for i, layer in enumerate(self.spiking) for name, _ in layer.named_buffers()}
+        cleaned = {k: (torch.zeros(0) if k in states else v) for k, v in state_dict.items()}
+        return super().load_state_dict(cleaned, *args, **kwargs)
 
     def forward(
         self,

@@ -34,6 +34,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr)
     p.add_argument("--width", type=float, default=_DEFAULTS.width, help="hidden channel multiplier (1: the paper's net)")
     p.add_argument("--neuron", choices=("iaf", "leaky"), default=_DEFAULTS.neuron)
+    p.add_argument("--theta-low", type=float, default=_DEFAULTS.theta_low, help="hidden threshold_low, in thresholds")
+    p.add_argument("--init-target", type=float, default=_DEFAULTS.init_target,
+                   help="data init: 99th-percentile input current per bin, in thresholds")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=_DEFAULTS.lr_schedule)
+    p.add_argument("--scale-mode", choices=("max", "percentile"), default=_DEFAULTS.scale_mode,
+                   help="per-layer weight scale: max|w|/127 or the 99.99th percentile of |w| / 127")
     p.add_argument("--augment", action="store_true", help="random shift and event drop, on the events")
     p.add_argument("--substitute-hidden", default="", help="cil-bptt: comma-separated hidden layers whose spikes also come from the chip")
     p.add_argument("--no-chip-eval", action="store_true", help="skip the per-epoch validation on the chip")
@@ -58,6 +64,10 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         lr=args.lr,
         width=args.width,
         neuron=args.neuron,
+        theta_low=args.theta_low,
+        init_target=args.init_target,
+        lr_schedule=args.lr_schedule,
+        scale_mode=args.scale_mode,
         augment=args.augment,
         substitute_hidden=hidden,
         chip_eval=not args.no_chip_eval,
