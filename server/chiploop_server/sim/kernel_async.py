@@ -63,23 +63,62 @@ def _grow(a, need):
 
 @njit(cache=True, nogil=True, inline="always")
 def _update_neurons(state, sb, addend, ab, f, thr, low, zero, flags, fb):
-    """v += addend, saturate, fire once, reset, clamp low, for f neurons in a row; returns the spike count."""
-    # Views indexed from 0 let LLVM drop the negative-index checks and vectorise the loop.
+    """v += addend, saturate, fire once, reset, clamp low, for f neurons in a row; returns 1 if any fired."""
+    # Views indexed from 0 let LLVM drop the negative-index checks and vectorise the loops;
+    # the reset mode is tested once, outside them, and the any-fired test is a separate pass.
     sv = state[sb : sb + f]
     av = addend[ab : ab + f]
     fv = flags[fb : fb + f]
-    fired = np.int32(0)
+    if zero:
+        for k in range(f):
+            v = np.int32(sv[k]) + np.int32(av[k])
+            v = min(max(v, np.int32(-32768)), np.int32(32767))
+            spike = v >= thr
+            v = np.int32(0) if spike else v
+            sv[k] = np.int16(max(v, low))
+            fv[k] = np.uint8(spike)
+    else:
+        for k in range(f):
+            v = np.int32(sv[k]) + np.int32(av[k])
+            v = min(max(v, np.int32(-32768)), np.int32(32767))
+            spike = v >= thr
+            v = v - thr if spike else v
+            sv[k] = np.int16(max(v, low))
+            fv[k] = np.uint8(spike)
+    fired = np.uint8(0)
     for k in range(f):
-        v = np.int32(sv[k]) + np.int32(av[k])
-        v = min(max(v, np.int32(-32768)), np.int32(32767))
-        spike = v >= thr
-        after = np.int32(0) if zero else v - thr
-        v = after if spike else v
-        v = max(v, low)
-        sv[k] = np.int16(v)
-        fv[k] = np.uint8(spike)
-        fired += np.int32(spike)
-    return fired
+        fired |= fv[k]
+    return np.int64(fired)
+
+
+@njit(cache=True, nogil=True)
+def _gather(flags, npos, f, out):
+    """The set flags of [npos, f] as keys k * npos + q, sorted: scan order (k, then position).
+
+    Scans 8 flags per word (spikes are rare), then sorts the few keys found.
+    """
+    total = npos * f
+    words = flags.view(np.uint64)
+    n = 0
+    for i in range((total + 7) // 8):
+        if words[i] == 0:
+            continue
+        for b in range(8):
+            idx = i * 8 + b
+            if idx < total and flags[idx]:
+                out[n] = (idx % f) * npos + idx // f
+                n += 1
+    if n > 32:
+        out[:n] = np.sort(out[:n])
+    else:
+        for j in range(1, n):  # insertion sort: usually a handful of keys
+            key = out[j]
+            i = j - 1
+            while i >= 0 and out[i] > key:
+                out[i + 1] = out[i]
+                i -= 1
+            out[i + 1] = key
+    return n
 
 
 @njit(cache=True, nogil=True)
@@ -109,21 +148,27 @@ def event_update(meta, weights, state, layer, c, y, x, flags, spk_k, spk_y, spk_
     p = 0
     for oy in range(oy_lo, oy_hi + 1):
         kyi = ay - oy * sy
-        for ox in range(ox_lo, ox_hi + 1):
-            kxi = ax - ox * sx
-            wb = w_ofs + ((c * ky + kyi) * kx + kxi) * f
-            sb = s_ofs + (oy * w + ox) * f
-            fired += _update_neurons(state, sb, weights, wb, f, thr, low, zero, flags, p * f)
-            p += 1
+        row = w_ofs + (c * ky + kyi) * kx * f  # weights are stored with kx reversed: index kx - 1 - kxi
+        sb = s_ofs + (oy * w + ox_lo) * f
+        if sx == 1:
+            # One run: neurons (oy, ox_lo..ox_hi, :) and their weights are both contiguous.
+            wb = row + (kx - 1 - (ax - ox_lo)) * f
+            fired |= _update_neurons(state, sb, weights, wb, nox * f, thr, low, zero, flags, p * f)
+            p += nox
+        else:
+            for ox in range(ox_lo, ox_hi + 1):
+                wb = row + (kx - 1 - (ax - ox * sx)) * f
+                fired |= _update_neurons(state, sb, weights, wb, f, thr, low, zero, flags, p * f)
+                sb += f
+                p += 1
     n = 0
-    if fired > 0:
-        for k in range(f):
-            for q in range(npos):
-                if flags[q * f + k]:
-                    spk_k[n] = k
-                    spk_y[n] = oy_lo + q // nox
-                    spk_x[n] = ox_lo + q % nox
-                    n += 1
+    if fired:
+        n = _gather(flags, npos, f, spk_k)
+        for j in range(n):
+            q = spk_k[j] % npos
+            spk_k[j] = spk_k[j] // npos
+            spk_y[j] = oy_lo + q // nox
+            spk_x[j] = ox_lo + q % nox
     return n, npos * f
 
 
@@ -138,16 +183,16 @@ def tick_update(meta, leaks, state, layer, flags, spk_k, spk_y, spk_x):
     lk = leaks[l_ofs : l_ofs + f]
     fired = 0
     for q in range(h * w):
-        fired += _update_neurons(state, s_ofs + q * f, lk, 0, f, thr, low, zero, flags, q * f)
+        fired |= _update_neurons(state, s_ofs + q * f, lk, 0, f, thr, low, zero, flags, q * f)
     n = 0
-    if fired > 0:
-        for k in range(f):
-            for q in range(h * w):
-                if flags[q * f + k]:
-                    spk_k[n] = k
-                    spk_y[n] = q // w
-                    spk_x[n] = q % w
-                    n += 1
+    if fired:
+        npos = h * w
+        n = _gather(flags, npos, f, spk_k)
+        for j in range(n):
+            q = spk_k[j] % npos
+            spk_k[j] = spk_k[j] // npos
+            spk_y[j] = q // w
+            spk_x[j] = q % w
     return n
 
 
@@ -249,7 +294,7 @@ def run_async(
     biggest = 1
     for layer in range(n_layers):
         biggest = max(biggest, meta[layer, F] * meta[layer, H] * meta[layer, W])
-    flags = np.zeros(biggest, np.uint8)
+    flags = np.zeros(biggest + 8 - biggest % 8, np.uint8)  # whole uint64 words for _gather
     spk_k = np.empty(biggest, np.int64)
     spk_y = np.empty(biggest, np.int64)
     spk_x = np.empty(biggest, np.int64)

@@ -84,7 +84,7 @@ def _accumulate(meta, weights, frame, layer, acc):
                     kyi = ay - oy * sy
                     for ox in range(ox_lo, ox_hi + 1):
                         kxi = ax - ox * sx
-                        wb = w_ofs + ((c * ky + kyi) * kx + kxi) * f
+                        wb = w_ofs + ((c * ky + kyi) * kx + (kx - 1 - kxi)) * f  # kx stored reversed
                         ab = (oy * w + ox) * f
                         for k in range(f):
                             acc[ab + k] += n * np.int64(weights[wb + k])

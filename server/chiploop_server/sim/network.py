@@ -3,8 +3,10 @@
 Every layer lives in a few concatenated arrays plus one int64 table of per-layer
 fields (``meta``, columns named below), so one compiled kernel runs any network:
 
-- weights: int8, per layer ``[c, ky, kx, f]`` (output channel innermost, so one
-  event touches contiguous f-vectors);
+- weights: int8, per layer ``[c, ky, kx reversed, f]`` (output channel innermost,
+  so one event touches contiguous f-vectors; kx reversed so that, at stride 1, the
+  neurons of one output row that an event reaches, (oy, ox_lo..ox_hi, :), and
+  their weights are two contiguous runs: one vector update per kernel row);
 - states: int16, per layer ``[H, W, f]`` (the conv output, before pooling);
 - leaks: int16, per layer ``[f]`` (zeros where a layer has no leak).
 """
@@ -64,8 +66,9 @@ def _set_dynamics(row: np.ndarray, layer) -> None:
 
 
 def _kernel_weights(weights: np.ndarray) -> np.ndarray:
-    """[f, c, ky, kx] -> flat [c, ky, kx, f] int8."""
-    return np.ascontiguousarray(np.transpose(np.asarray(weights, np.int8), (1, 2, 3, 0))).ravel()
+    """[f, c, ky, kx] -> flat [c, ky, kx reversed, f] int8."""
+    w = np.transpose(np.asarray(weights, np.int8), (1, 2, 3, 0))[:, :, ::-1, :]
+    return np.ascontiguousarray(w).ravel()
 
 
 @dataclass(frozen=True, eq=False)
