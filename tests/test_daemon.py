@@ -15,6 +15,7 @@ from chiploop.client import ChipClient
 from chiploop.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from chiploop.events import DVS_EVENT_DTYPE, make_dvs_events
 from chiploop.run import Readout, pack_samples
+from chiploop.spec import InputLayer, Layer, NetworkSpec
 from chiploop.v1 import chiploop_pb2 as pb
 from chiploop.v1 import chiploop_pb2_grpc as pb_grpc
 from chiploop_server import config as daemon_config
@@ -251,6 +252,23 @@ def test_a_response_over_the_limit_is_split_by_the_client(small_daemon, daemon, 
     np.testing.assert_array_equal(result.output_events, expected.output_events)
 
 
+def wait_until_running(daemon: Daemon, events: int, seconds: float = 30.0) -> None:
+    """Until the device runs a job of ``events`` events."""
+    deadline = time.monotonic() + seconds
+    while (job := daemon.scheduler.running) is None or job.size != events:
+        assert time.monotonic() < deadline, "the long run never started"
+        time.sleep(0.01)
+
+
+def busy_but_quiet() -> NetworkSpec:
+    """Much work per event (64 x 7 x 7 synapses), no spikes (+1/-1 rows never reach the threshold)."""
+    weights = np.ones((64, 2, 7, 7), np.int8)
+    weights[:, :, ::2] = -1
+    return NetworkSpec(
+        layers=(Layer(weights=weights, threshold_high=1000),), input=InputLayer(sensor_size=(34, 34), pool=(2, 2))
+    )
+
+
 @pytest.fixture(scope="module")
 def busy_daemon():
     """One job may wait beside the running one."""
@@ -262,17 +280,22 @@ def test_a_call_that_waits_past_its_deadline_is_deadline_exceeded_and_a_full_que
     busy_daemon, nmnist_samples
 ):
     with ChipClient(busy_daemon.address, retries=0, max_chunk_bytes=1 << 30) as chip:
-        model = chip.deploy(small_spec(threshold=4)).model_id
+        model = chip.deploy(busy_but_quiet()).model_id
         assert chip.run(model, nmnist_samples[:1]).num_samples == 1
-        first = chip.run_async(model, nmnist_samples * 4, timeout=120)  # a second or more of simulation
-        time.sleep(0.3)
+        long = nmnist_samples * 16  # 2.4 G synops: seconds
+        first = chip.run_async(model, long, timeout=120)
+        wait_until_running(busy_daemon, sum(s.size for s in long))
         with pytest.raises(DeadlineExceeded):
             chip.run(model, nmnist_samples[:1], timeout=0.3)
         second = chip.run_async(model, nmnist_samples[:1], timeout=120)
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while busy_daemon.scheduler.depth() < 1:
+            assert time.monotonic() < deadline, "the second run never queued"
+            time.sleep(0.01)
+        assert busy_daemon.scheduler.running is not None, "the long run ended too soon: make it longer"
         with pytest.raises(ResourceExhausted, match="queue is full"):
             chip.run(model, nmnist_samples[:1])
-        assert first.result(120).num_samples == 64 and second.result(120).num_samples == 1
+        assert first.result(120).num_samples == 256 and second.result(120).num_samples == 1
         assert chip.run(model, nmnist_samples[:1]).num_samples == 1
 
 
@@ -318,12 +341,15 @@ def test_sigterm_lets_the_running_call_finish_then_exits_cleanly(nmnist_samples)
 
     with LocalDaemon(extra_args=["--grace-s", "20"]) as local:
         with ChipClient(local.address, retries=0) as chip:
-            model = chip.deploy(small_spec(threshold=4)).model_id
-            running = chip.run_async(model, nmnist_samples * 2, timeout=60)
-            time.sleep(0.3)
+            model = chip.deploy(busy_but_quiet()).model_id
+            running = chip.run_async(model, nmnist_samples * 8, timeout=60)
+            deadline = time.monotonic() + 30
+            while not chip.info().device_busy:
+                assert time.monotonic() < deadline, "the run never started"
+                time.sleep(0.01)
             stopper = threading.Thread(target=local.stop)
             stopper.start()
-            assert running.result(60).num_samples == 32
+            assert running.result(60).num_samples == 128
             stopper.join(30)
         assert local.process.returncode == 0
         assert local.port is None

@@ -64,7 +64,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"daemon        {args.address} (chiploop {info.server_version}, protocol v{info.protocol_version})")
     print(f"backend       {info.backend}  (available here: {', '.join(info.backends_available)})")
     print(f"chip          {info.chip_model}")
-    print(f"load          {info.queue_depth} queued, {info.models_deployed} models, {info.sessions_open} sessions")
+    busy = "busy" if info.device_busy else "idle"
+    print(f"load          device {busy}, {info.queue_depth} queued, {info.models_deployed} models, {info.sessions_open} sessions")
     print(f"workers       {info.workers}; max message {info.max_message_bytes / 2**20:g} MiB")
     print(
         f"limits        {limits.cores} cores, <= {limits.max_destinations} destinations each, "

@@ -74,6 +74,7 @@ class ChipInfo:
     models_deployed: int
     queue_depth: int
     sessions_open: int
+    device_busy: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class ChipClient:
             models_deployed=r.models_deployed,
             queue_depth=r.queue_depth,
             sessions_open=r.sessions_open,
+            device_busy=r.device_busy,
         )
 
     def deploy(self, spec: NetworkSpec, timeout: float | None = None) -> Deployment:

@@ -62,7 +62,7 @@ class Scheduler:
         self._queue: JobQueue = queue if queue is not None else FifoQueue()
         self._cond = threading.Condition()
         self._stopping = False
-        self._running: Job | None = None
+        self.running: Job | None = None  # the job on the device now (for dashboards and tests)
         self.jobs_done = 0
         self.jobs_expired = 0
         self._worker = threading.Thread(target=self._work, name=f"chiploop-device-{device.name}", daemon=True)
@@ -109,6 +109,12 @@ class Scheduler:
                 return None
             return self._queue.pop()
 
+    def _finish(self, job: Job) -> None:
+        # Before the future resolves: whoever the result wakes sees the device free.
+        job.finished_at = time.monotonic()
+        self.running = None
+        self.jobs_done += 1
+
     def _work(self) -> None:
         while (job := self._next()) is not None:
             if not job.future.set_running_or_notify_cancel():
@@ -121,18 +127,15 @@ class Scheduler:
                     DeadlineExceeded(f"the deadline passed after {waited:.3f} s in the queue, before the {job.kind} started")
                 )
                 continue
-            self._running = job
+            self.running = job
             try:
                 result = job.payload(self.device)
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
-                job.finished_at = time.monotonic()
+                self._finish(job)
                 job.future.set_exception(exc)
             else:
-                job.finished_at = time.monotonic()
+                self._finish(job)
                 job.future.set_result(result)
-            finally:
-                self._running = None
-                self.jobs_done += 1
             log.debug(
                 "job %d %s user=%s queued %.3fs ran %.3fs", job.id, job.kind, job.user, job.queued_seconds, job.run_seconds
             )

@@ -170,6 +170,7 @@ class ChipServicer(pb_grpc.ChipServicer):
             models_deployed=len(self.registry),
             queue_depth=self.scheduler.depth(),
             sessions_open=len(self.sessions),
+            device_busy=self.scheduler.running is not None,
         )
         wire.encode_limits(info["limits"], response.limits)
         return response
@@ -206,6 +207,13 @@ class ChipServicer(pb_grpc.ChipServicer):
             context, "run", user, lambda device: device.run(model.handle, events, offsets, readout), size=events.size
         )
         t3 = time.perf_counter()
+        size = _result_bytes(result)
+        if size > self.max_message_bytes:
+            # Said before encoding it; the client halves its chunk on "message larger than max".
+            raise ResourceExhausted(
+                f"response message larger than max ({size} vs. {self.max_message_bytes} bytes) for "
+                f"{offsets.size - 1} samples: send fewer samples per call"
+            )
         response = wire.encode_run_result(result, model.model_id)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -290,6 +298,12 @@ class ChipServicer(pb_grpc.ChipServicer):
         entry = self.sessions.get(request.session_id, user)
         self._do(context, "reset", user, functools.partial(_reset, entry))
         return pb.ResetResponse()
+
+
+def _result_bytes(result) -> int:
+    arrays = [result.output_events, result.output_offsets, result.counters]
+    arrays += list(result.counts.values()) + list(result.membranes.values())
+    return sum(int(np.asarray(a).nbytes) for a in arrays)
 
 
 # Session state changes run on the device's worker thread, so they never race each other.

@@ -74,7 +74,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("backend", "chip_model", "server_version", "protocol_version", "limits", "backends_available", "max_message_bytes", "workers", "models_deployed", "queue_depth", "sessions_open")
+    __slots__ = ("backend", "chip_model", "server_version", "protocol_version", "limits", "backends_available", "max_message_bytes", "workers", "models_deployed", "queue_depth", "sessions_open", "device_busy")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     CHIP_MODEL_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class GetInfoResponse(_message.Message):
     MODELS_DEPLOYED_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_OPEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_BUSY_FIELD_NUMBER: _ClassVar[int]
     backend: str
     chip_model: str
     server_version: str
@@ -97,7 +98,8 @@ class GetInfoResponse(_message.Message):
     models_deployed: int
     queue_depth: int
     sessions_open: int
-    def __init__(self, backend: _Optional[str] = ..., chip_model: _Optional[str] = ..., server_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., limits: _Optional[_Union[ChipLimits, _Mapping]] = ..., backends_available: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., models_deployed: _Optional[int] = ..., queue_depth: _Optional[int] = ..., sessions_open: _Optional[int] = ...) -> None: ...
+    device_busy: bool
+    def __init__(self, backend: _Optional[str] = ..., chip_model: _Optional[str] = ..., server_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., limits: _Optional[_Union[ChipLimits, _Mapping]] = ..., backends_available: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ..., workers: _Optional[int] = ..., models_deployed: _Optional[int] = ..., queue_depth: _Optional[int] = ..., sessions_open: _Optional[int] = ..., device_busy: _Optional[bool] = ...) -> None: ...
 
 class InputLayer(_message.Message):
     __slots__ = ("sensor_height", "sensor_width", "pool_y", "pool_x", "has_crop", "crop_y0", "crop_y1", "crop_x0", "crop_x1", "flip_x", "flip_y", "merge_polarities")
