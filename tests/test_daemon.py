@@ -370,3 +370,24 @@ def test_info_of_an_absent_daemon_fails_with_unavailable(capsys):
 
     assert main(["info", "127.0.0.1:1", "--timeout", "2"]) == 1
     assert "BackendUnavailable" in capsys.readouterr().err
+
+
+def test_every_error_class_has_its_status_code_and_anything_else_is_internal():
+    from chiploop.errors import ERROR_CLASSES
+    from chiploop_server.transport import status_of
+
+    for name, cls in ERROR_CLASSES.items():
+        error = cls("f", "bad") if issubclass(cls, InvalidArgument) else cls("bad")
+        assert status_of(error)[0] == getattr(grpc.StatusCode, name)
+    code, message = status_of(ZeroDivisionError("division by zero"))
+    assert code == grpc.StatusCode.INTERNAL
+    assert "ZeroDivisionError: division by zero" in message and "traceback" in message
+
+
+def test_the_demo_runs_against_a_daemon(daemon, capsys):
+    from chiploop.cli import main
+
+    assert main(["demo", daemon.address, "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "outputs changed with the weights in 2 of 2 samples" in out
+    assert "stream counts equal run 1's for sample 0: True" in out
