@@ -427,7 +427,7 @@ def decode_limits(msg: pb.ChipLimits) -> ChipLimits:
 _MALLOC_TUNED = False
 
 
-def tune_malloc(threshold_bytes: int = 256 << 20) -> bool:
+def tune_malloc(threshold_bytes: int = 64 << 20) -> bool:
     """Keep large freed buffers in glibc's heap instead of unmapping them after each message.
 
     With glibc's defaults every multi-MB message buffer is a fresh mmap whose pages
