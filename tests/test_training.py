@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from chiploop.data import default_data_dir
+from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import TrainConfig
 from chiploop.training.experiment import run_experiment
@@ -34,6 +36,8 @@ def test_train_writes_everything_and_resumes(tmp_path, daemon):
     rows = list(csv.DictReader(open(second.out / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"]
     assert load_checkpoint(second.out / "checkpoint.pt")["epoch"] == 1
+    with pytest.raises(InvalidArgument, match="width"):
+        train(replace(cfg, width=0.5, epochs=3))  # a checkpoint of another network is not resumed
 
 
 def test_cli_train_then_eval(tmp_path, daemon, capsys):

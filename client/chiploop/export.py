@@ -144,9 +144,13 @@ def ann_to_snn(
     ann: ANNTwin,
     bal: Balance,
     neuron: NeuronKind = "iaf",
-    theta_low: float = -1.0,
+    theta_low: float | None = None,
 ) -> SpikingCNN:
-    """The spiking CNN with the ANN's weights, balanced thresholds and the ANN's quantizer grid."""
+    """The spiking CNN with the ANN's weights, balanced thresholds and the ANN's quantizer grid.
+
+    No low clamp by default: an integrate-and-fire neuron without one counts
+    ReLU(total input) / threshold, the quantity the ANN computed on the summed frame.
+    """
     snn = SpikingCNN(ann.arch, neuron=neuron, theta_low=theta_low, leak_init=0.0)
     with torch.no_grad():
         for dst, src in zip(snn.convs, ann.convs, strict=True):

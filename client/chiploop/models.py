@@ -150,7 +150,8 @@ class SpikingCNN(nn.Module):
 
     Per layer l: float threshold ``theta[l]`` (weight units), quantization scale
     ``scale[l]`` (frozen between calls of ``calibrate_scales``), optional leak
-    (leaky neurons). Hidden layers clamp at threshold_low = ``theta_low`` * thr;
+    (leaky neurons). Hidden layers clamp at threshold_low = ``theta_low`` * thr
+    (``theta_low=None``: no clamp, threshold_low = -32768);
     the output layer does not clamp (threshold_low = -32768) so its membrane keeps
     the whole charge for the readout.
     """
@@ -159,18 +160,18 @@ class SpikingCNN(nn.Module):
         self,
         arch: Architecture = NMNIST_PAPER,
         neuron: NeuronKind = "iaf",
-        theta_low: float = -1.0,
+        theta_low: float | None = -1.0,
         leak_init: float = -0.05,
         surrogate: PeriodicExponential | None = None,
     ) -> None:
         super().__init__()
         if neuron not in NEURON_KINDS:
             raise InvalidArgument("neuron", f"must be one of {NEURON_KINDS}, got {neuron!r}")
-        if not theta_low < 1.0:
+        if theta_low is not None and not theta_low < 1.0:
             raise InvalidArgument("theta_low", f"must be below the threshold (1.0), got {theta_low}")
         self.arch = arch
         self.neuron = neuron
-        self.theta_low = float(theta_low)
+        self.theta_low = None if theta_low is None else float(theta_low)
         n = len(arch.stages)
         c_in = arch.in_shape[0]
         convs = []
@@ -218,12 +219,12 @@ class SpikingCNN(nn.Module):
         """(threshold_high, threshold_low) of layer i in its integer units."""
         s = float(self.scale[i])
         theta = float(self.theta[i])
-        last = i == self.num_layers - 1
+        clamp = self.theta_low is not None and i < self.num_layers - 1  # the output layer never clamps
         if quantized:
             high = quantize_threshold(theta, s)
-            low = STATE_MIN if last else quantize_threshold_low(self.theta_low * theta, s, high)
+            low = quantize_threshold_low(self.theta_low * theta, s, high) if clamp else STATE_MIN
             return float(high), float(low)
-        return theta / s, float(STATE_MIN) if last else max(self.theta_low * theta / s, float(STATE_MIN))
+        return theta / s, max(self.theta_low * theta / s, float(STATE_MIN)) if clamp else float(STATE_MIN)
 
     def weight_units(self, i: int, quantized: bool) -> torch.Tensor:
         w = self.convs[i].weight

@@ -238,7 +238,7 @@ class CNN(Method):
         self.balance = balance(
             self.model, chunks, self.cfg.balance_percentile, self.cfg.balance_gain, qat=self.qat
         )
-        self._snn = ann_to_snn(self.model, self.balance, neuron="iaf", theta_low=self.cfg.theta_low)
+        self._snn = ann_to_snn(self.model, self.balance)
 
     def prepare_export(self, calibration: torch.Tensor) -> None:
         # The usual conversion step: balance on the trained weights.
@@ -284,7 +284,7 @@ class CNN(Method):
         if state.get("balance"):
             b = state["balance"]
             self.balance = Balance(tuple(b["lambdas"]), b["input_lambda"], b["gain"])
-            self._snn = ann_to_snn(self.model, self.balance, neuron="iaf", theta_low=self.cfg.theta_low)
+            self._snn = ann_to_snn(self.model, self.balance)
 
 
 class CNNQAT(CNN):

@@ -24,6 +24,7 @@ from chiploop.data.frames import readout_for
 from chiploop.data.loader import EventDataset, iterate_batches, make_batch, num_batches
 from chiploop.data.nmnist import NMNIST
 from chiploop.data.split import stratified_split
+from chiploop.errors import InvalidArgument
 from chiploop.training.chip import ChipPool, open_chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.evaluate import EvalResult, evaluate
@@ -70,6 +71,22 @@ def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, re
     """Unaugmented frames of the first training samples (weight init and ANN balancing)."""
     idx = train[: cfg.calibration_samples]
     return torch.from_numpy(make_batch(ds, idx, readout).frames)
+
+
+#: Fields a resumed run must share with its checkpoint (epochs may grow, the chip may move).
+RESUME_FIELDS = (
+    "method", "seed", "bins", "duration_us", "batch_size", "val_fraction", "max_train", "max_val", "width",
+    "neuron", "theta_low", "augment", "scale_mode",
+)
+
+
+def _check_resumable(cfg: TrainConfig, saved: TrainConfig, path: Path) -> None:
+    for name in RESUME_FIELDS:
+        if getattr(cfg, name) != getattr(saved, name):
+            raise InvalidArgument(
+                name, f"is {getattr(cfg, name)!r} but {path} was trained with {getattr(saved, name)!r}; "
+                "use another --out or the same settings to resume"
+            )
 
 
 def _save_checkpoint(path: Path, cfg: TrainConfig, epoch: int, method: Method, history: list[dict]) -> None:
@@ -134,6 +151,7 @@ def _train(cfg: TrainConfig, chip: ChipPool | None) -> TrainResult:
     ckpt_path = out / CHECKPOINT
     if cfg.resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
+        _check_resumable(cfg, TrainConfig.from_dict(ckpt["config"]), ckpt_path)
         method.load_state_dict(ckpt["method"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
