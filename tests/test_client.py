@@ -65,7 +65,11 @@ def test_deploy_run_update_run_outputs_follow_the_weights(client, nmnist_samples
 
 def test_chunked_pipelined_runs_equal_one_call(daemon, client, nmnist_samples):
     model = client.deploy(small_spec(threshold=8)).model_id
-    whole = client.run(model, nmnist_samples, READOUT)
+    assert len(client._chunk_bounds(model, pack_samples(nmnist_samples)[1], READOUT)) == 2  # 830 KB: pipelined
+    with ChipClient(daemon.address, max_in_flight=1) as single:
+        assert len(single._chunk_bounds(model, pack_samples(nmnist_samples)[1], READOUT)) == 1
+        whole = single.run(model, nmnist_samples, READOUT)
+    assert_same_result(client.run(model, nmnist_samples, READOUT), whole)
     with ChipClient(daemon.address, max_chunk_bytes=60_000, max_in_flight=3) as small:
         bounds = small._chunk_bounds(model, pack_samples(nmnist_samples)[1], READOUT)
         assert len(bounds) >= 8
@@ -159,11 +163,11 @@ def test_a_daemon_that_comes_up_while_the_client_retries_is_reached():
     from chiploop_server.local import LocalDaemon
 
     port = _free_port()
-    local = LocalDaemon(address=f"127.0.0.1:{port}")
+    local = LocalDaemon(address=f"127.0.0.1:{port}", extra_args=["--no-warm-up"])
     starter = threading.Timer(0.3, local.start)
     starter.start()
     try:
-        with ChipClient(f"127.0.0.1:{port}", retries=8, backoff_s=0.2, timeout=5) as chip:
+        with ChipClient(f"127.0.0.1:{port}", retries=30, backoff_s=0.2, timeout=5) as chip:
             assert chip.info().backend == "sim"
     finally:
         starter.join()

@@ -279,7 +279,7 @@ def busy_daemon():
 def test_a_call_that_waits_past_its_deadline_is_deadline_exceeded_and_a_full_queue_refuses(
     busy_daemon, nmnist_samples
 ):
-    with ChipClient(busy_daemon.address, retries=0, max_chunk_bytes=1 << 30) as chip:
+    with ChipClient(busy_daemon.address, retries=0, max_chunk_bytes=1 << 30, max_in_flight=1) as chip:
         model = chip.deploy(busy_but_quiet()).model_id
         assert chip.run(model, nmnist_samples[:1]).num_samples == 1
         long = nmnist_samples * 16  # 2.4 G synops: seconds
@@ -340,7 +340,7 @@ def test_sigterm_lets_the_running_call_finish_then_exits_cleanly(nmnist_samples)
     from chiploop_server.local import LocalDaemon
 
     with LocalDaemon(extra_args=["--grace-s", "20"]) as local:
-        with ChipClient(local.address, retries=0) as chip:
+        with ChipClient(local.address, retries=0, max_chunk_bytes=1 << 30, max_in_flight=1) as chip:  # one call
             model = chip.deploy(busy_but_quiet()).model_id
             running = chip.run_async(model, nmnist_samples * 8, timeout=60)
             deadline = time.monotonic() + 30
