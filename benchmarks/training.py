@@ -26,7 +26,7 @@ from chiploop.training.config import TrainConfig  # noqa: E402
 from chiploop.training.methods import make_method  # noqa: E402
 
 
-def time_method(name: str, args, ds, chip) -> dict:
+def build(name: str, args, ds, chip):
     torch.manual_seed(0)
     cfg = TrainConfig(method=name, batch_size=args.batch_size, bins=args.bins, width=args.width, progress=False)
     readout = readout_for(cfg.bins, cfg.duration_us)
@@ -34,25 +34,39 @@ def time_method(name: str, args, ds, chip) -> dict:
     calib = torch.from_numpy(make_batch(ds, np.arange(128), readout).frames)
     method.setup(calib)
     method.start_epoch(0, calib, chip)
+    return method
+
+
+def measure(args, ds, chip) -> dict:
+    """Both methods on the same batches, iterations interleaved (A B A B ...) so that both
+    see the same machine load; the first iteration of each is a warm-up."""
+    readout = readout_for(args.bins, TrainConfig().duration_us)
     batches = list(iterate_batches(ds, np.arange(len(ds)), readout, args.batch_size, shuffle=True, seed=1, drop_last=True))
-    method.step(batches[0], chip)  # warm-up: first deploy, numba and torch first calls
-    times, waits = [], []
+    methods = {name: build(name, args, ds, chip) for name in ("bptt", "cil-bptt")}
+    for m in methods.values():
+        m.step(batches[0], chip)  # warm-up: first deploy, numba and torch first calls
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    waits: list[float] = []
     for b in batches[1 : 1 + args.iterations]:
-        t = time.perf_counter()
-        step = method.step(b, chip)
-        times.append(time.perf_counter() - t)
-        waits.append(step.chip_wait_s)
-    chip_alone = []
-    if method.chip_in_loop:
-        for b in batches[1 : 1 + min(3, args.iterations)]:
+        for name, m in methods.items():
             t = time.perf_counter()
-            chip.run(b.events, method.chip_readout)
-            chip_alone.append(time.perf_counter() - t)
+            step = m.step(b, chip)
+            times[name].append(time.perf_counter() - t)
+            if m.chip_in_loop:
+                waits.append(step.chip_wait_s)
+    cil = methods["cil-bptt"]
+    chip_alone = []
+    for b in batches[1 : 1 + min(3, args.iterations)]:
+        t = time.perf_counter()
+        chip.run(b.events, cil.chip_readout)
+        chip_alone.append(time.perf_counter() - t)
     return {
-        "s_per_it": statistics.median(times),
-        "mean": statistics.mean(times),
-        "chip_wait": statistics.median(waits),
-        "chip_alone": statistics.median(chip_alone) if chip_alone else None,
+        "bptt": statistics.median(times["bptt"]),
+        "cil": statistics.median(times["cil-bptt"]),
+        "bptt_mean": statistics.mean(times["bptt"]),
+        "cil_mean": statistics.mean(times["cil-bptt"]),
+        "wait": statistics.median(waits),
+        "chip_alone": statistics.median(chip_alone),
     }
 
 
@@ -69,15 +83,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ds = NMNIST(default_data_dir()).preload()
     with open_chip(tuple(args.chip), args.workers) as chip:
-        bptt = time_method("bptt", args, ds, chip)
-        cil = time_method("cil-bptt", args, ds, chip)
-    ratio = cil["s_per_it"] / bptt["s_per_it"]
+        r = measure(args, ds, chip)
     print(f"batch {args.batch_size}, T={args.bins}, width {args.width:g}, torch threads {args.threads}, "
-          f"daemon workers {args.workers}, median of {args.iterations} iterations")
-    print(f"bptt      {bptt['s_per_it']:.3f} s/it (mean {bptt['mean']:.3f})")
-    print(f"cil-bptt  {cil['s_per_it']:.3f} s/it (mean {cil['mean']:.3f}); waiting for the chip after the "
-          f"forward {cil['chip_wait']:.3f} s/it; the chip call alone {cil['chip_alone']:.3f} s")
-    print(f"ratio cil-bptt / bptt = {ratio:.2f}x (target <= 1.5x)")
+          f"daemon workers {args.workers}, median of {args.iterations} interleaved iterations")
+    print(f"bptt      {r['bptt']:.3f} s/it (mean {r['bptt_mean']:.3f})")
+    print(f"cil-bptt  {r['cil']:.3f} s/it (mean {r['cil_mean']:.3f}); waiting for the chip after the "
+          f"forward {r['wait']:.3f} s/it; the chip call alone {r['chip_alone']:.3f} s")
+    print(f"ratio cil-bptt / bptt = {r['cil'] / r['bptt']:.2f}x (target <= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -20,12 +20,13 @@ from chiploop.training.chip import open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 from chiploop.training.trainer import TrainResult, train
 
-#: Relative cost of one epoch (bptt = 1) measured on the bundled data, 2 cores, T=5:
-#: the ANN routes see one summed frame, the chip-in-loop routes wait for the chip.
-EPOCH_COST = {"cnn": 0.35, "cnn-qat": 0.4, "bptt": 1.0, "cil-bptt": 2.2, "cil-ann": 1.6}
+#: Relative cost of one epoch with its validation (bptt = 1, about 25 s on the bundled data,
+#: 2 shared cores, T=5): the ANN routes see one summed frame but their converted SNNs are
+#: busier on the chip; the chip-in-loop routes overlap the chip with torch.
+EPOCH_COST = {"cnn": 0.5, "cnn-qat": 0.7, "bptt": 1.0, "cil-bptt": 1.2, "cil-ann": 1.0}
 
-#: Epochs per method in the default plan (fits 30 minutes on 2 cores with the bundled data).
-DEFAULT_EPOCHS = {"cnn": 12, "cnn-qat": 12, "bptt": 10, "cil-bptt": 10, "cil-ann": 10}
+#: Epochs per method in the default plan (about 20 minutes on 2 cores with the bundled data).
+DEFAULT_EPOCHS = {"cnn": 10, "cnn-qat": 10, "bptt": 10, "cil-bptt": 10, "cil-ann": 10}
 
 HEADER = [
     "method",
