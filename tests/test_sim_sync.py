@@ -101,3 +101,48 @@ def test_sync_leak_counts_the_ticks_in_each_bin():
     result = run_batch(SimNetwork.from_spec(spec), make_dvs_events([], [], [], []), np.array([0, 0], np.int64), readout)
     # Ticks at 30, 60, 90 | 120, 150, 180 | 210, 240, 270, 300 is outside (bins end at 300).
     assert result.membranes[0][0, :, 0, 0, 0].tolist() == [21, 42, 63]
+
+
+def test_sync_equals_a_sinabs_forward_on_the_binned_frames():
+    """The definition in docs/simulator.md, checked against sinabs (no state reaches the int16 bounds here)."""
+    torch = pytest.importorskip("torch")
+    sl = pytest.importorskip("sinabs.layers")
+    from sinabs.activation import MembraneSubtract, MultiSpike
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(11)
+    layers = (
+        Layer(weights=rng.integers(-40, 80, (4, 2, 3, 3)).astype(np.int8), threshold_high=90, threshold_low=-200,
+              padding=(1, 1), pool=(2, 2), destinations=(1,)),
+        Layer(weights=rng.integers(-40, 80, (3, 4, 3, 3)).astype(np.int8), threshold_high=120, stride=(2, 2),
+              destinations=(2,)),
+        Layer(weights=rng.integers(-60, 80, (2, 3, 2, 2)).astype(np.int8), threshold_high=70),
+    )
+    spec = NetworkSpec(layers=layers, input=InputLayer(sensor_size=(10, 10)), monitor=(0, 1))
+    n, T, bin_us = 3, 12, 50
+    samples = []
+    for _ in range(n):
+        m = 300
+        samples.append(make_dvs_events(rng.integers(0, 10, m), rng.integers(0, 10, m), rng.integers(0, 2, m),
+                                       np.sort(rng.integers(0, T * bin_us, m))))
+    events = np.concatenate(samples)
+    offsets = np.array([0, 300, 600, 900], np.int64)
+    result = run_batch(SimNetwork.from_spec(spec), events, offsets, Readout(bin_us=bin_us, num_bins=T, mode="sync"))
+
+    frames = np.zeros((n, T, 2, 10, 10), np.float32)
+    sample = np.repeat(np.arange(n), 300)
+    np.add.at(frames, (sample, events["t"] // bin_us, events["p"], events["y"], events["x"]), 1)
+    x = torch.from_numpy(frames.reshape(n * T, 2, 10, 10))
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            conv = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                   padding=layer.padding, bias=False)
+            conv.weight.data = torch.from_numpy(layer.weights.astype(np.float32))
+            iaf = sl.IAFSqueeze(batch_size=n, spike_threshold=float(layer.threshold_high), spike_fn=MultiSpike,
+                                reset_fn=MembraneSubtract(), min_v_mem=float(layer.threshold_low))
+            spikes = iaf(conv(x))
+            if i in result.counts:
+                got = result.counts[i]
+                assert got.sum() > 0
+                np.testing.assert_array_equal(got, spikes.reshape(n, T, layer.out_channels, -1).sum(-1).numpy())
+            x = sl.SumPool2d(layer.pool)(spikes) if layer.pool != (1, 1) else spikes
