@@ -55,6 +55,15 @@ def ticks_in(period, start, end):
     return max(np.int64(0), last - first + 1)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _add_scaled(acc, ab, weights, wb, length, n):
+    """acc[ab:ab + length] += n * weights[wb:wb + length] (views: no negative-index checks, vectorised)."""
+    av = acc[ab : ab + length]
+    wv = weights[wb : wb + length]
+    for k in range(length):
+        av[k] += n * np.int64(wv[k])
+
+
 @njit(cache=True, nogil=True)
 def _accumulate(meta, weights, frame, layer, acc):
     """acc[(oy, ox, k)] = sum over input sites of count * W (the step's whole input); returns synops."""
@@ -80,14 +89,16 @@ def _accumulate(meta, weights, frame, layer, acc):
                 if oy_lo > oy_hi or ox_lo > ox_hi:
                     continue
                 synops += n * (oy_hi - oy_lo + 1) * (ox_hi - ox_lo + 1) * f
+                nox = ox_hi - ox_lo + 1
                 for oy in range(oy_lo, oy_hi + 1):
-                    kyi = ay - oy * sy
-                    for ox in range(ox_lo, ox_hi + 1):
-                        kxi = ax - ox * sx
-                        wb = w_ofs + ((c * ky + kyi) * kx + (kx - 1 - kxi)) * f  # kx stored reversed
-                        ab = (oy * w + ox) * f
-                        for k in range(f):
-                            acc[ab + k] += n * np.int64(weights[wb + k])
+                    row = w_ofs + (c * ky + ay - oy * sy) * kx * f  # kx stored reversed
+                    ab = (oy * w + ox_lo) * f
+                    if sx == 1:  # the row's neurons and their weights are two contiguous runs
+                        _add_scaled(acc, ab, weights, row + (kx - 1 - (ax - ox_lo)) * f, nox * f, n)
+                    else:
+                        for ox in range(ox_lo, ox_hi + 1):
+                            _add_scaled(acc, ab, weights, row + (kx - 1 - (ax - ox * sx)) * f, f, n)
+                            ab += f
     return synops
 
 
