@@ -220,3 +220,9 @@ def test_from_spec_validates():
     assert err.value.field == "layers[0]"
     with pytest.raises(InvalidArgument):
         SimNetwork.from_spec("not a spec")  # type: ignore[arg-type]
+
+
+def test_warm_up_compiles_every_kernel():
+    from chiploop_server.sim import warm_up
+
+    warm_up()
