@@ -226,3 +226,9 @@ def test_warm_up_compiles_every_kernel():
     from chiploop_server.sim import warm_up
 
     warm_up()
+
+
+def test_a_result_too_large_is_refused_before_allocating_it(net):
+    readout = Readout(bin_us=10, num_bins=40_000, membrane_layers=(0,), spatial_counts=True)
+    with pytest.raises(ResourceExhausted, match="readout"):
+        run_batch(net, make_dvs_events([1], [1], [0], [0]), np.array([0, 1], np.int64), readout)

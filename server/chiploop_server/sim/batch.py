@@ -23,6 +23,8 @@ INPUT_EVENTS, DROPPED_EVENTS, SYNOPS, OUTPUT_EVENTS = range(N_COUNTERS)
 MAX_SPIKES_PER_SAMPLE = 10_000_000
 #: Leak-tick neuron updates one sample may need (ticks x neurons), checked before running.
 MAX_TICK_UPDATES = 2_000_000_000
+#: Counts and snapshots of one batch (bytes), checked before allocating them.
+MAX_RESULT_BYTES = 1 << 30
 
 
 def check_tick_work(net: SimNetwork, t_from: int, t_until: int) -> None:
@@ -124,6 +126,13 @@ def run_batch(
 
     cnt_ofs, cnt_shapes, cnt_size = count_layout(net, readout)
     mem_ofs, mem_size = snapshot_layout(net, readout)
+    result_bytes = n * (4 * cnt_size + 2 * mem_size)
+    if result_bytes > MAX_RESULT_BYTES:
+        raise ResourceExhausted(
+            f"readout: counts and membranes of {n} samples would take {result_bytes / 2**30:.1f} GiB "
+            f"(at most {MAX_RESULT_BYTES / 2**30:.0f}); ask for fewer bins, membrane layers or samples, "
+            "or counts without spatial_counts"
+        )
     counts = np.zeros((n, cnt_size), np.int32)
     snaps = np.zeros((n, mem_size), np.int16)
     outputs: list[np.ndarray] = [np.zeros(0, CHIP_EVENT_DTYPE)] * n
