@@ -103,13 +103,13 @@ def check_layer_fields(index: int, layer: Layer, limits: ChipLimits = SPECK) -> 
     for axis, k in (("y", ky), ("x", kx)):
         if not 1 <= k <= limits.max_kernel:
             raise NetworkRejected(index, f"kernel size ({axis})", k, f"1..{limits.max_kernel}")
-    for axis, s in zip("yx", layer.stride):
+    for axis, s in zip("yx", layer.stride, strict=True):
         if s not in limits.strides:
             raise NetworkRejected(index, f"stride ({axis})", s, "/".join(map(str, limits.strides)))
-    for axis, p in zip("yx", layer.padding):
+    for axis, p in zip("yx", layer.padding, strict=True):
         if not 0 <= p <= limits.max_padding:
             raise NetworkRejected(index, f"padding ({axis})", p, f"0..{limits.max_padding}")
-    for axis, p in zip("yx", layer.pool):
+    for axis, p in zip("yx", layer.pool, strict=True):
         if p not in limits.pools:
             raise NetworkRejected(index, f"pooling ({axis})", p, "/".join(map(str, limits.pools)))
     for name, count in (("input channels", layer.in_channels), ("output channels", layer.out_channels)):
@@ -136,10 +136,10 @@ def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:
     message names the layer, the limit and the value).
     """
     inp = spec.input
-    for axis, size in zip("yx", inp.sensor_size):
+    for axis, size in zip("yx", inp.sensor_size, strict=True):
         if not 1 <= size <= limits.max_input_size:
             raise NetworkRejected("input", f"sensor size ({axis})", size, f"1..{limits.max_input_size}")
-    for axis, p in zip("yx", inp.pool):
+    for axis, p in zip("yx", inp.pool, strict=True):
         if p not in limits.pools:
             raise NetworkRejected("input", f"pooling ({axis})", p, "/".join(map(str, limits.pools)))
     if inp.crop is not None:
@@ -177,13 +177,13 @@ def place(spec: NetworkSpec, out_shapes: list[tuple[int, int, int]], limits: Chi
     """
     needs = [
         (kernel_memory_words(layer), neuron_memory_words(shape))
-        for layer, shape in zip(spec.layers, out_shapes)
+        for layer, shape in zip(spec.layers, out_shapes, strict=True)
     ]
     fits = [
         [c for c in range(limits.cores) if k <= limits.kernel_memory[c] and n <= limits.neuron_memory[c]]
         for k, n in needs
     ]
-    for i, (options, (k, n)) in enumerate(zip(fits, needs)):
+    for i, (options, (k, n)) in enumerate(zip(fits, needs, strict=True)):
         if not options:
             kmax, nmax = max(limits.kernel_memory), max(limits.neuron_memory)
             if k > kmax:
