@@ -43,8 +43,10 @@ def test_leaky_export_ticks_once_per_bin_and_a_too_big_model_is_refused():
 
 @needs_data
 @pytest.mark.parametrize("neuron", ["iaf", "leaky"])
-def test_quantized_forward_equals_the_simulators_sync_mode(neuron):
-    """The torch integer network and the simulator's synchronous counterpart agree bit for bit."""
+@pytest.mark.parametrize("where", ["in-process", "daemon"])
+def test_quantized_forward_equals_the_simulators_sync_mode(neuron, where, request):
+    """The torch integer network and the simulator's synchronous counterpart agree bit for bit,
+    in process and through the daemon (``Readout(mode="sync")``)."""
     torch.manual_seed(1)
     ds = NMNIST(DATA)
     ro = readout_for(5, 320_000)
@@ -55,9 +57,14 @@ def test_quantized_forward_equals_the_simulators_sync_mode(neuron):
     ticks = leak_ticks(ro.t0_us, ro.bin_us, ro.num_bins, ro.bin_us)
     with torch.no_grad():
         out = model(frames, ticks=ticks)
-    net = SimNetwork.from_spec(export_spec(model, ro.bin_us))
-    events, offsets = pack_samples(batch.events)
-    result = run_batch(net, events, offsets, replace(ro, mode="sync", membrane_layers=(5,)))
+    spec = export_spec(model, ro.bin_us)
+    sync = replace(ro, mode="sync", membrane_layers=(5,))
+    if where == "daemon":
+        client = request.getfixturevalue("client")
+        result = client.run(client.deploy(spec).model_id, batch.events, readout=sync)
+    else:
+        events, offsets = pack_samples(batch.events)
+        result = run_batch(SimNetwork.from_spec(spec), events, offsets, sync)
     assert out.spikes.sum() > 0  # not a trivially silent network
     np.testing.assert_array_equal(result.counts[5], out.spikes.numpy())
     np.testing.assert_array_equal(result.membranes[5][..., 0, 0], out.v_mem.numpy())

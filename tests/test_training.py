@@ -61,4 +61,5 @@ def test_experiment_writes_table1(tmp_path, daemon):
     assert set(results) == {"cnn", "bptt"}
     table = (tmp_path / "exp" / "table1.md").read_text()
     assert "| cnn |" in table and "| bptt |" in table and "degradation" in table
-    assert (tmp_path / "exp" / "table1.png").is_file() and (tmp_path / "exp" / "chip_accuracy.png").is_file()
+    for name in ("table1.png", "chip_accuracy.png", "weights_by_method.png", "results.json", "table1.csv"):
+        assert (tmp_path / "exp" / name).is_file(), name

@@ -80,7 +80,11 @@ def table_rows(results: dict[str, TrainResult]) -> list[list[str]]:
 
 
 def write_table(out: Path, results: dict[str, TrainResult], note: str) -> None:
-    from chiploop.training.plots import compare_curves, table_png  # noqa: PLC0415 - matplotlib is slow to import
+    from chiploop.training.plots import (  # noqa: PLC0415 - matplotlib is slow to import
+        compare_curves,
+        table_png,
+        weights_by_method,
+    )
 
     rows = table_rows(results)
     md = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
@@ -99,6 +103,7 @@ def write_table(out: Path, results: dict[str, TrainResult], note: str) -> None:
     table_png(HEADER[:6], [r[:6] for r in rows], out / "table1.png", title="Table 1: software vs chip")
     compare_curves({n: r.history for n, r in results.items()}, out / "chip_accuracy.png", "val_chip", "validation accuracy on the chip")
     compare_curves({n: r.history for n, r in results.items()}, out / "software_accuracy.png", "val_software", "validation accuracy in software")
+    weights_by_method({n: r.spec for n, r in results.items()}, out / "weights_by_method.png")
 
 
 def run_experiment(base: TrainConfig, methods: list[str] | None = None, budget_min: float = 25.0) -> dict[str, TrainResult]:

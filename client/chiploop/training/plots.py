@@ -89,3 +89,27 @@ def table_png(header: list[str], rows: list[list[str]], path: Path, title: str =
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def weights_by_method(specs: dict[str, NetworkSpec], path: Path) -> Path:
+    """Per layer, the int8 weight distribution of every method's chip network (density)."""
+    names = list(specs)
+    n_layers = max(len(s.layers) for s in specs.values())
+    fig, axes = plt.subplots(1, n_layers, figsize=(2.8 * n_layers, 2.8))
+    axes = np.atleast_1d(axes)
+    bins = np.arange(-128.5, 128.5, 4)
+    for i, ax in enumerate(axes):
+        for k, name in enumerate(names):
+            layers = specs[name].layers
+            if i < len(layers):
+                ax.hist(np.asarray(layers[i].weights).ravel(), bins=bins, density=True, histtype="step",
+                        color=f"C{k}", label=name)
+        ax.set_title(f"layer {i}", fontsize=8)
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("int8 weight distributions on the chip, per method", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -25,6 +25,7 @@ from chiploop.data.loader import EventDataset, iterate_batches, make_batch, num_
 from chiploop.data.nmnist import NMNIST
 from chiploop.data.split import stratified_split
 from chiploop.errors import InvalidArgument
+from chiploop.spec import NetworkSpec
 from chiploop.training.chip import ChipPool, open_chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.evaluate import EvalResult, evaluate
@@ -44,6 +45,7 @@ class TrainResult:
     final: EvalResult
     out: Path
     seconds: float
+    spec: NetworkSpec  # the chip network the final numbers were measured on
 
 
 def load_dataset(cfg: TrainConfig, split: str = "train") -> EventDataset:
@@ -227,15 +229,16 @@ def _train(cfg: TrainConfig, chip: ChipPool | None) -> TrainResult:
         method.start_epoch(max(start_epoch - 1, 0), calib, chip) if method.chip_in_loop else None
         method.prepare_export(calib)
         final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
-    _finish(out, cfg, method, history, final)
-    return TrainResult(cfg, history, final, out, time.perf_counter() - started)
+    spec = method.spec()
+    _finish(out, cfg, spec, history, final)
+    return TrainResult(cfg, history, final, out, time.perf_counter() - started, spec)
 
 
-def _finish(out: Path, cfg: TrainConfig, method: Method, history: list[dict], final: EvalResult) -> None:
+def _finish(out: Path, cfg: TrainConfig, spec: NetworkSpec, history: list[dict], final: EvalResult) -> None:
     from chiploop.training.plots import accuracy_curves, weight_distributions  # noqa: PLC0415 - matplotlib is slow to import
 
     summary = {"method": cfg.method, "epochs_run": len(history), "final": final.as_dict()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if history:
         accuracy_curves(history, out / "accuracy.png", title=cfg.method)
-    weight_distributions(method.spec(), out / "weights.png", title=f"{cfg.method}: int8 weights on the chip")
+    weight_distributions(spec, out / "weights.png", title=f"{cfg.method}: int8 weights on the chip")
