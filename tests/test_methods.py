@@ -72,10 +72,10 @@ def test_cil_bptt_loss_is_the_chips_and_its_gradient_the_sync_graphs(chip, batch
 
 
 @needs_data
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_each_method_lowers_its_loss_against_the_daemon(name, chip, batch):
+@pytest.mark.parametrize("name,neuron", [(m, "iaf") for m in sorted(METHODS)] + [("cil-bptt", "leaky")])
+def test_each_method_lowers_its_loss_against_the_daemon(name, neuron, chip, batch):
     torch.manual_seed(0)
-    cfg = TrainConfig(method=name, **TINY)
+    cfg = TrainConfig(method=name, neuron=neuron, **TINY)
     method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
     calib = torch.from_numpy(batch.frames)
     method.setup(calib)
@@ -83,7 +83,7 @@ def test_each_method_lowers_its_loss_against_the_daemon(name, chip, batch):
     losses = [method.step(batch, chip).loss for _ in range(6)]
     assert losses[-1] < losses[0], losses
     if method.chip_in_loop:
-        # The chip now holds exactly the method's current integer network.
+        # The chip now holds exactly the method's current integer network (leaks included).
         assert chip.model_id == chip.clients[0].deploy(method.spec()).model_id
 
 
