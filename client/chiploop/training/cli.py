@@ -42,6 +42,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="per-layer weight scale: max|w|/127 or the 99.99th percentile of |w| / 127")
     p.add_argument("--augment", action="store_true", help="random shift and event drop, on the events")
     p.add_argument("--substitute-hidden", default="", help="cil-bptt: comma-separated hidden layers whose spikes also come from the chip")
+    p.add_argument("--pretrain-epochs", type=int, default=_DEFAULTS.pretrain_epochs,
+                   help="cil-*: first epochs in software only, then the chip in the loop")
     p.add_argument("--no-chip-eval", action="store_true", help="skip the per-epoch validation on the chip")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -70,6 +72,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         scale_mode=args.scale_mode,
         augment=args.augment,
         substitute_hidden=hidden,
+        pretrain_epochs=args.pretrain_epochs,
         chip_eval=not args.no_chip_eval,
         progress=not args.quiet,
     )

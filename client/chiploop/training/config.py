@@ -39,6 +39,7 @@ class TrainConfig:
     balance_percentile: float = 99.9  # ANN-to-SNN data-based normalisation
     balance_gain: float = 1.0
     calibration_samples: int = 256  # training samples used for init and balancing
+    pretrain_epochs: int = 0  # cil-*: the first epochs without the chip in the loop (software warm start)
     substitute_hidden: tuple[int, ...] = ()  # cil-bptt: hidden layers whose spikes are also the chip's
     chip_eval: bool = True  # measure validation accuracy on the chip after every epoch
     time_limit_s: float | None = None  # stop after the epoch that passes it

@@ -171,6 +171,7 @@ class CILBPTT(BPTT):
 
     name = "cil-bptt"
     chip_in_loop = True
+    in_loop = True  # False during the first ``pretrain_epochs`` (plain bptt)
 
     @property
     def chip_readout(self) -> Readout:
@@ -179,11 +180,16 @@ class CILBPTT(BPTT):
 
     def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
         super().start_epoch(epoch, calibration, chip)
+        self.in_loop = epoch >= self.cfg.pretrain_epochs
+        if not self.in_loop:
+            return
         assert chip is not None, "cil-bptt needs a chip"
         # New scales change the int thresholds: a full deploy (weights alone go incrementally).
         chip.deploy(export_spec(self.model, self.readout.bin_us, monitor=tuple(self.cfg.substitute_hidden)))
 
     def loss_and_score(self, batch: Batch, chip=None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        if not self.in_loop:
+            return super().loss_and_score(batch, chip)
         assert chip is not None, "cil-bptt needs a chip"
         pending = chip.run_async(batch.events, self.chip_readout)  # the chip works while torch does
         frames = torch.from_numpy(batch.frames)
@@ -207,8 +213,9 @@ class CILBPTT(BPTT):
         return F.cross_entropy(score, torch.from_numpy(batch.labels)), score.detach(), waited
 
     def after_step(self, chip: ChipPool | None) -> None:
-        assert chip is not None
-        chip.update_weights(updated_weights(self.model))
+        if self.in_loop:
+            assert chip is not None
+            chip.update_weights(updated_weights(self.model))
 
 
 # ---------------------------------------------------------------- ANN routes
@@ -301,12 +308,15 @@ class CILANN(CNNQAT):
 
     name = "cil-ann"
     chip_in_loop = True
+    in_loop = True  # False during the first ``pretrain_epochs`` (plain cnn-qat)
 
     def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
         super().start_epoch(epoch, calibration, chip)
-        assert chip is not None, "cil-ann needs a chip"
+        self.in_loop = epoch >= self.cfg.pretrain_epochs
         self.convert(calibration)
-        chip.deploy(self.spec())
+        if self.in_loop:
+            assert chip is not None, "cil-ann needs a chip"
+            chip.deploy(self.spec())
 
     def prepare_export(self, calibration: torch.Tensor) -> None:
         # Keep the thresholds the weights were trained against in the loop; only the weights moved.
@@ -318,6 +328,8 @@ class CILANN(CNNQAT):
                 dst.weight.copy_(src.weight)
 
     def logits(self, batch: Batch, chip: ChipPool | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        if not self.in_loop:
+            return super().logits(batch, chip)
         assert chip is not None and self.balance is not None
         pending = chip.run_async(batch.events, self.chip_readout)
         logits = self.model(torch.from_numpy(batch.frames), qat=True)
@@ -332,6 +344,8 @@ class CILANN(CNNQAT):
         return straight_through(logits, chip_logits), logits, waited
 
     def after_step(self, chip: ChipPool | None) -> None:
+        if not self.in_loop:
+            return
         assert chip is not None
         with torch.no_grad():
             for dst, src in zip(self.snn().convs, self.model.convs, strict=True):
