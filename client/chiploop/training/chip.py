@@ -11,12 +11,27 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from typing import Protocol
 
 import numpy as np
 
 from chiploop.errors import FailedPrecondition, InvalidArgument
 from chiploop.run import Readout, RunResult
 from chiploop.spec import NetworkSpec
+
+
+class Chip(Protocol):
+    """What the methods need from a chip: ChipPool (daemons) and InProcessChip both are one."""
+
+    addresses: tuple[str, ...]
+
+    @property
+    def model_id(self) -> str: ...
+    def deploy(self, spec: NetworkSpec) -> str: ...
+    def update_weights(self, weights: dict[int, np.ndarray | dict]) -> str: ...
+    def run_async(self, samples: list[np.ndarray], readout: Readout) -> PendingRun: ...
+    def run(self, samples: list[np.ndarray], readout: Readout) -> RunResult: ...
+    def close(self) -> None: ...
 
 
 class PendingRun:
@@ -139,14 +154,14 @@ IN_PROCESS = "inprocess"
 
 
 @contextlib.contextmanager
-def open_chip(addresses: Sequence[str] = (), workers: int = 1) -> Iterator[ChipPool]:
+def open_chip(addresses: Sequence[str] = (), workers: int = 1) -> Iterator[Chip]:
     """A ChipPool on the given daemons, the in-process simulator (address ``inprocess``),
     or, with no address, a local daemon with the simulator (started here, stopped after)."""
     with contextlib.ExitStack() as stack:
         if tuple(addresses) == (IN_PROCESS,):
             chip = InProcessChip(workers)
             stack.callback(chip.close)
-            yield chip  # type: ignore[misc]
+            yield chip
             return
         if IN_PROCESS in addresses:
             raise InvalidArgument("chip", f"{IN_PROCESS!r} cannot be mixed with daemon addresses")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from chiploop.data.loader import EventDataset, iterate_batches
-from chiploop.training.chip import ChipPool
+from chiploop.training.chip import Chip
 from chiploop.training.methods import Method
 from chiploop.training.substitute import chip_score
 
@@ -40,7 +40,7 @@ def evaluate(
     method: Method,
     dataset: EventDataset,
     indices: np.ndarray,
-    chip: ChipPool | None,
+    chip: Chip | None,
     batch_size: int = 100,
 ) -> EvalResult:
     """One pass over ``indices``: the chip runs each batch while the software models do."""

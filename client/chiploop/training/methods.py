@@ -30,7 +30,7 @@ from chiploop.data.loader import Batch
 from chiploop.export import Balance, ann_to_snn, balance, export_spec, updated_weights
 from chiploop.models import ANNTwin, SpikingCNN, data_init, leak_ticks, scaled_architecture
 from chiploop.run import Readout
-from chiploop.training.chip import ChipPool
+from chiploop.training.chip import Chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.substitute import align_to_logits, chip_outputs, straight_through
 
@@ -60,10 +60,10 @@ class Method:
     def setup(self, calibration: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         raise NotImplementedError
 
-    def step(self, batch: Batch, chip: ChipPool | None) -> StepResult:
+    def step(self, batch: Batch, chip: Chip | None) -> StepResult:
         raise NotImplementedError
 
     def set_learning_rate(self, epoch: int) -> float:
@@ -122,7 +122,7 @@ class BPTT(Method):
     def setup(self, calibration: torch.Tensor) -> None:
         data_init(self.model, calibration, target=self.cfg.init_target)
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         # Scales (hence int thresholds) move once per epoch; within it only weights change.
         self.model.calibrate_scales(self.cfg.scale_mode)
 
@@ -138,7 +138,7 @@ class BPTT(Method):
         out = self.model(frames, quantized=True, ticks=self.ticks)
         return F.cross_entropy(out.score, torch.from_numpy(batch.labels)), out.score, 0.0
 
-    def step(self, batch: Batch, chip: ChipPool | None) -> StepResult:
+    def step(self, batch: Batch, chip: Chip | None) -> StepResult:
         self.model.train()
         loss, score, waited = self.loss_and_score(batch, chip)
         self.optimizer.zero_grad(set_to_none=True)
@@ -148,7 +148,7 @@ class BPTT(Method):
         correct = int((score.argmax(1).numpy() == batch.labels).sum())
         return StepResult(loss.item(), correct, len(batch), waited)
 
-    def after_step(self, chip: ChipPool | None) -> None:
+    def after_step(self, chip: Chip | None) -> None:
         pass
 
     def state_dict(self) -> dict:
@@ -178,7 +178,7 @@ class CILBPTT(BPTT):
         last = self.model.num_layers - 1
         return replace(self.readout, membrane_layers=(last,), spatial_counts=bool(self.cfg.substitute_hidden))
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         super().start_epoch(epoch, calibration, chip)
         self.in_loop = epoch >= self.cfg.pretrain_epochs
         if not self.in_loop:
@@ -212,7 +212,7 @@ class CILBPTT(BPTT):
         score = spikes.sum(1) + v_mem[:, -1] / out.threshold
         return F.cross_entropy(score, torch.from_numpy(batch.labels)), score.detach(), waited
 
-    def after_step(self, chip: ChipPool | None) -> None:
+    def after_step(self, chip: Chip | None) -> None:
         if self.in_loop:
             assert chip is not None
             chip.update_weights(updated_weights(self.model))
@@ -237,7 +237,7 @@ class CNN(Method):
     def setup(self, calibration: torch.Tensor) -> None:
         pass  # torch's default init suits the ANN
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         self.model.calibrate_scales(self.cfg.scale_mode)
 
     def convert(self, calibration: torch.Tensor) -> None:
@@ -260,11 +260,11 @@ class CNN(Method):
     def software_scores(self, frames: torch.Tensor) -> torch.Tensor:
         return self.model(frames, qat=self.qat)
 
-    def logits(self, batch: Batch, chip: ChipPool | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def logits(self, batch: Batch, chip: Chip | None) -> tuple[torch.Tensor, torch.Tensor, float]:
         logits = self.model(torch.from_numpy(batch.frames), qat=self.qat)
         return logits, logits, 0.0
 
-    def step(self, batch: Batch, chip: ChipPool | None) -> StepResult:
+    def step(self, batch: Batch, chip: Chip | None) -> StepResult:
         self.model.train()
         used, _, waited = self.logits(batch, chip)
         loss = F.cross_entropy(used, torch.from_numpy(batch.labels))
@@ -275,7 +275,7 @@ class CNN(Method):
         correct = int((used.detach().argmax(1).numpy() == batch.labels).sum())
         return StepResult(loss.item(), correct, len(batch), waited)
 
-    def after_step(self, chip: ChipPool | None) -> None:
+    def after_step(self, chip: Chip | None) -> None:
         pass
 
     def state_dict(self) -> dict:
@@ -310,7 +310,7 @@ class CILANN(CNNQAT):
     chip_in_loop = True
     in_loop = True  # False during the first ``pretrain_epochs`` (plain cnn-qat)
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: ChipPool | None) -> None:
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         super().start_epoch(epoch, calibration, chip)
         self.in_loop = epoch >= self.cfg.pretrain_epochs
         self.convert(calibration)
@@ -327,7 +327,7 @@ class CILANN(CNNQAT):
             for dst, src in zip(self._snn.convs, self.model.convs, strict=True):
                 dst.weight.copy_(src.weight)
 
-    def logits(self, batch: Batch, chip: ChipPool | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def logits(self, batch: Batch, chip: Chip | None) -> tuple[torch.Tensor, torch.Tensor, float]:
         if not self.in_loop:
             return super().logits(batch, chip)
         assert chip is not None and self.balance is not None
@@ -343,7 +343,7 @@ class CILANN(CNNQAT):
         chip_logits = align_to_logits(score, self.balance.logit_per_unit)
         return straight_through(logits, chip_logits), logits, waited
 
-    def after_step(self, chip: ChipPool | None) -> None:
+    def after_step(self, chip: Chip | None) -> None:
         if not self.in_loop:
             return
         assert chip is not None

@@ -26,7 +26,7 @@ from chiploop.data.nmnist import NMNIST
 from chiploop.data.split import stratified_split
 from chiploop.errors import InvalidArgument
 from chiploop.spec import NetworkSpec
-from chiploop.training.chip import ChipPool, open_chip
+from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.evaluate import EvalResult, evaluate
 from chiploop.training.methods import Method, make_method
@@ -127,8 +127,8 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def train(cfg: TrainConfig, chip: ChipPool | None = None) -> TrainResult:
-    """Train ``cfg.method``; ``chip``: an open ChipPool (else one is opened from ``cfg.chip``)."""
+def train(cfg: TrainConfig, chip: Chip | None = None) -> TrainResult:
+    """Train ``cfg.method``; ``chip``: an open chip (else one is opened from ``cfg.chip``)."""
     cfg.check()
     needs_chip = cfg.method.startswith("cil-") or cfg.chip_eval
     with contextlib.ExitStack() as stack:
@@ -137,7 +137,7 @@ def train(cfg: TrainConfig, chip: ChipPool | None = None) -> TrainResult:
         return _train(cfg, chip)
 
 
-def _train(cfg: TrainConfig, chip: ChipPool | None) -> TrainResult:
+def _train(cfg: TrainConfig, chip: Chip | None) -> TrainResult:
     started = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -226,7 +226,6 @@ def _train(cfg: TrainConfig, chip: ChipPool | None) -> TrainResult:
         if writer is not None:
             writer.close()
     if final is None:  # nothing left to train (a finished run resumed): evaluate what is there
-        method.start_epoch(max(start_epoch - 1, 0), calib, chip) if method.chip_in_loop else None
         method.prepare_export(calib)
         final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
     spec = method.spec()
