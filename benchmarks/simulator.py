@@ -19,45 +19,9 @@ import time
 
 import numpy as np
 from chiploop.architectures import NMNIST_PAPER
-from chiploop.data.nmnist import default_data_dir, read_nmnist_bin
-from chiploop.errors import ResourceExhausted
 from chiploop.run import Readout, pack_samples
 from chiploop_server.sim import SimNetwork, run_batch
-
-
-def load_samples(n: int) -> list[np.ndarray]:
-    folder = default_data_dir() / "train"
-    files = sorted(folder.glob("*.bin"), key=lambda p: int(p.stem))[:n]
-    if len(files) < n:
-        raise SystemExit(f"need {n} samples in {folder}, found {len(files)} (set CHIPLOOP_NMNIST_DIR)")
-    return [read_nmnist_bin(f) for f in files]
-
-
-def random_weights(seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [
-        rng.integers(-128, 128, (out[0], inp[0], s.kernel, s.kernel)).astype(np.int8)
-        for (inp, out), s in zip(NMNIST_PAPER.layer_shapes(), NMNIST_PAPER.stages, strict=True)
-    ]
-
-
-def calibrate(weights, events, offsets, readout: Readout, rate: float) -> list[int]:
-    """Per layer in order, the smallest threshold whose firing rate is at most ``rate`` per neuron per bin."""
-    neurons = [int(np.prod(out)) for _, out in NMNIST_PAPER.layer_shapes()]
-    thresholds = [32767] * len(weights)
-    for layer in range(len(weights)):
-        lo, hi = 1, 32767
-        while lo < hi:
-            thresholds[layer] = mid = (lo + hi) // 2
-            net = SimNetwork.from_spec(NMNIST_PAPER.spec(weights, thresholds))
-            try:
-                result = run_batch(net, events, offsets, readout, max_spikes=2_000_000)
-                got = result.counters[:, 4 + layer].mean() / (neurons[layer] * readout.num_bins)
-            except ResourceExhausted:
-                got = np.inf
-            lo, hi = (mid + 1, hi) if got > rate else (lo, mid)
-        thresholds[layer] = lo
-    return thresholds
+from workloads import calibrate, load_samples, random_weights
 
 
 def sinabs_model(spec, batch: int):

@@ -4,7 +4,9 @@
     python benchmarks/transport.py --address HOST:PORT
 
 1. A batch of 64 bundled N-MNIST samples through the paper's 6-layer network
-   (random int8 weights; a sparse and a dense setting of the thresholds):
+   (random int8 weights; "realistic": thresholds calibrated so every layer fires
+   about 3 % of its neurons per 10 ms bin: the network of benchmarks/simulator.py; and a sparse
+   and a dense fixed setting, to bracket it):
    transport = client wall time of ``ChipClient.run`` (default settings: the
    batch goes in pipelined chunks) - the daemon's ``compute_seconds`` summed over
    the chunks (client encode, gRPC both ways, server decode and checks, queueing,
@@ -30,6 +32,7 @@ from chiploop.events import DVS_EVENT_DTYPE
 from chiploop.run import Readout, pack_samples
 from chiploop.spec import InputLayer, Layer, NetworkSpec
 from chiploop.v1 import chiploop_pb2 as pb
+from workloads import CALIBRATION_READOUT, calibrate, random_weights
 
 MiB = 1 << 20
 
@@ -79,14 +82,23 @@ def batch_benchmark(chip: ChipClient, samples, repeats: int) -> None:
     readout = Readout(bin_us=60_000, num_bins=5, membrane_layers=(5,))
     request_mb = sum(s.nbytes for s in samples) / 1e6
     print(f"batch: {len(samples)} N-MNIST samples, {sum(s.size for s in samples)} events ({request_mb:.2f} MB)")
-    for label, (low, high, threshold) in (("sparse", (-8, 8, 64)), ("dense", (-6, 7, 40))):
-        model = chip.deploy(paper_network(low, high, threshold)).model_id
+    weights = random_weights()
+    cal_events, cal_offsets = pack_samples(samples[:8])
+    thresholds = calibrate(weights, cal_events, cal_offsets, CALIBRATION_READOUT, rate=0.03)
+    realistic = NMNIST_PAPER.spec(weights, thresholds)
+    networks = {
+        "realistic": ("random int8, 3 % firing", realistic),
+        "sparse": ("weights -8..7, thresholds 64", paper_network(-8, 8, 64)),
+        "dense": ("weights -6..6, thresholds 40", paper_network(-6, 7, 40)),
+    }
+    for label, (what, spec) in networks.items():
+        model = chip.deploy(spec).model_id
         result = chip.run(model, samples, readout)  # warm: first-call costs are not transport
         wall, compute, _ = timed_runs(chip, model, samples, readout, repeats)
         transport = wall - compute
         encode, decode = codec_costs(samples, readout, result)
         print(
-            f"  {label:6s} net (weights {low}..{high - 1}, thresholds {threshold}): "
+            f"  {label:9s} net ({what}): "
             f"{int(result.counters[:, 2].sum()) / 1e6:.0f} M synops, {result.output_events.size} output events"
         )
         print(
