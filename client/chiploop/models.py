@@ -145,7 +145,24 @@ class SNNOutput:
         return self.spikes.sum(1) + self.v_mem[:, -1] / self.threshold
 
 
-class SpikingCNN(nn.Module):
+class _ConvStack(nn.Module):
+    """What the SNN and its ANN twin share: ``convs`` and a per-layer weight ``scale`` buffer."""
+
+    convs: nn.ModuleList
+    scale: torch.Tensor
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.convs)
+
+    @torch.no_grad()
+    def calibrate_scales(self, mode: str = "max", percentile: float = 99.99) -> None:
+        """Per-layer scale from the current weights (leaks share the layer's units)."""
+        for i, conv in enumerate(self.convs):
+            self.scale[i] = weight_scale(conv.weight, mode, percentile)  # type: ignore[arg-type]
+
+
+class SpikingCNN(_ConvStack):
     """The paper's spiking CNN with the chip's neuron rules (see the module doc).
 
     Per layer l: float threshold ``theta[l]`` (weight units), quantization scale
@@ -204,16 +221,6 @@ class SpikingCNN(nn.Module):
             self.leaks = None
         self.calibrate_scales()
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.convs)
-
-    @torch.no_grad()
-    def calibrate_scales(self, mode: str = "max", percentile: float = 99.99) -> None:
-        """Per-layer scale from the current weights (and leaks: they share the layer's units)."""
-        for i, conv in enumerate(self.convs):
-            s = weight_scale(conv.weight, mode, percentile)  # type: ignore[arg-type]
-            self.scale[i] = s
 
     def thresholds(self, i: int, quantized: bool) -> tuple[float, float]:
         """(threshold_high, threshold_low) of layer i in its integer units."""
@@ -305,7 +312,7 @@ class SpikingCNN(nn.Module):
 # ---------------------------------------------------------------- the ANN twin
 
 
-class ANNTwin(nn.Module):
+class ANNTwin(_ConvStack):
     """The same convolutions with ReLU (and the same sum pooling), on frames summed over time.
 
     With ``qat=True`` the weights are fake-quantized with the per-layer scales
@@ -325,14 +332,6 @@ class ANNTwin(nn.Module):
         self.register_buffer("scale", torch.ones(len(convs), dtype=torch.float32))
         self.calibrate_scales()
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.convs)
-
-    @torch.no_grad()
-    def calibrate_scales(self, mode: str = "max", percentile: float = 99.99) -> None:
-        for i, conv in enumerate(self.convs):
-            self.scale[i] = weight_scale(conv.weight, mode, percentile)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor, qat: bool = False, record: bool = False):
         """x: [B, C, H, W] (or [B, T, C, H, W], summed over T). Returns logits [B, K]

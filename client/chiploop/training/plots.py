@@ -16,6 +16,19 @@ import numpy as np  # noqa: E402
 from chiploop.spec import NetworkSpec  # noqa: E402
 
 
+def _save_epoch_axes(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """Label an accuracy-per-epoch axes, save the figure and free it."""
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def accuracy_curves(history: list[dict], path: Path, title: str = "") -> Path:
     """Train accuracy and validation accuracy in software and on the chip, per epoch."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -29,15 +42,7 @@ def accuracy_curves(history: list[dict], path: Path, title: str = "") -> Path:
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
             ax.plot(epochs, [np.nan if v is None else 100 * v for v in values], style, marker="o", label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_epoch_axes(fig, ax, "accuracy (%)", title, path)
 
 
 def weight_distributions(spec: NetworkSpec, path: Path, title: str = "") -> Path:
@@ -65,15 +70,7 @@ def compare_curves(histories: dict[str, list[dict]], path: Path, key: str = "val
     for name, history in histories.items():
         values = [h.get(key) for h in history]
         ax.plot([h["epoch"] + 1 for h in history], [np.nan if v is None else 100 * v for v in values], marker="o", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{key} accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_epoch_axes(fig, ax, f"{key} accuracy (%)", title, path)
 
 
 def table_png(header: list[str], rows: list[list[str]], path: Path, title: str = "") -> Path:
