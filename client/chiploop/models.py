@@ -148,8 +148,17 @@ class SNNOutput:
 class _ConvStack(nn.Module):
     """What the SNN and its ANN twin share: ``convs`` and a per-layer weight ``scale`` buffer."""
 
-    convs: nn.ModuleList
-    scale: torch.Tensor
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.arch = arch
+        convs, c_in = [], arch.in_shape[0]
+        for s in arch.stages:
+            convs.append(_conv(c_in, s))
+            c_in = s.out_channels
+        self.convs = nn.ModuleList(convs)
+        self.pools = nn.ModuleList([SumPool2d(s.pool) if s.pool > 1 else nn.Identity() for s in arch.stages])
+        self.scale: torch.Tensor
+        self.register_buffer("scale", torch.ones(len(convs), dtype=torch.float32))
 
     @property
     def num_layers(self) -> int:
@@ -181,22 +190,14 @@ class SpikingCNN(_ConvStack):
         leak_init: float = -0.05,
         surrogate: PeriodicExponential | None = None,
     ) -> None:
-        super().__init__()
         if neuron not in NEURON_KINDS:
             raise InvalidArgument("neuron", f"must be one of {NEURON_KINDS}, got {neuron!r}")
         if theta_low is not None and not theta_low < 1.0:
             raise InvalidArgument("theta_low", f"must be below the threshold (1.0), got {theta_low}")
-        self.arch = arch
+        super().__init__(arch)
         self.neuron = neuron
         self.theta_low = None if theta_low is None else float(theta_low)
         n = len(arch.stages)
-        c_in = arch.in_shape[0]
-        convs = []
-        for s in arch.stages:
-            convs.append(_conv(c_in, s))
-            c_in = s.out_channels
-        self.convs = nn.ModuleList(convs)
-        self.pools = nn.ModuleList([SumPool2d(s.pool) if s.pool > 1 else nn.Identity() for s in arch.stages])
         sur = surrogate or PeriodicExponential()
         self.spiking = nn.ModuleList(
             [
@@ -212,7 +213,6 @@ class SpikingCNN(_ConvStack):
             ]
         )
         self.register_buffer("theta", torch.ones(n, dtype=torch.float64))
-        self.register_buffer("scale", torch.ones(n, dtype=torch.float32))
         if neuron == "leaky":
             self.leaks = nn.ParameterList(
                 [nn.Parameter(torch.full((s.out_channels,), float(leak_init))) for s in arch.stages]
@@ -320,18 +320,8 @@ class ANNTwin(_ConvStack):
     """
 
     def __init__(self, arch: Architecture = NMNIST_PAPER) -> None:
-        super().__init__()
-        self.arch = arch
-        c_in = arch.in_shape[0]
-        convs = []
-        for s in arch.stages:
-            convs.append(_conv(c_in, s))
-            c_in = s.out_channels
-        self.convs = nn.ModuleList(convs)
-        self.pools = nn.ModuleList([SumPool2d(s.pool) if s.pool > 1 else nn.Identity() for s in arch.stages])
-        self.register_buffer("scale", torch.ones(len(convs), dtype=torch.float32))
+        super().__init__(arch)
         self.calibrate_scales()
-
 
     def forward(self, x: torch.Tensor, qat: bool = False, record: bool = False):
         """x: [B, C, H, W] (or [B, T, C, H, W], summed over T). Returns logits [B, K]
