@@ -37,7 +37,7 @@ from chiploop.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE
+from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, check_dvs_layout
 from chiploop.limits import ChipLimits
 from chiploop.run import Readout, RunResult, pack_samples
 from chiploop.spec import NetworkSpec
@@ -396,7 +396,7 @@ class ChipStream:
         """Feed the next time-sorted chunk of DVS events; the chip events it caused."""
         if self._closed:
             raise FailedPrecondition("the stream is closed (read the session with read_outputs / read_membranes)")
-        check_event_dtype(events, "events")
+        check_dvs_layout(events, "events")
         request = pb.StreamRequest()
         wire.encode_array(events, request.events, "events")
         self._requests.put(request)
@@ -440,14 +440,6 @@ class ChipStream:
         raise TypeError("use send(events) to feed a ChipStream")
 
 
-def check_event_dtype(events: Any, field: str) -> None:
-    if not isinstance(events, np.ndarray) or events.dtype != DVS_EVENT_DTYPE:
-        got = getattr(events, "dtype", type(events).__name__)
-        raise InvalidArgument(field, f"dtype must be chiploop.events.DVS_EVENT_DTYPE {DVS_EVENT_DTYPE.descr}, got {got}")
-    if events.ndim != 1:
-        raise InvalidArgument(field, f"must be one-dimensional, got shape {events.shape}")
-
-
 def pack_batch(samples: Any) -> tuple[np.ndarray, np.ndarray]:
     """(events, offsets) from a list of samples, a packed pair, or one sample's array."""
     if isinstance(samples, np.ndarray):
@@ -456,14 +448,14 @@ def pack_batch(samples: Any) -> tuple[np.ndarray, np.ndarray]:
         samples[1].dtype.names is None
     ):
         events, offsets = samples
-        check_event_dtype(events, "events")
+        check_dvs_layout(events, "events")
         offsets = np.asarray(offsets)
         if offsets.dtype.kind not in "iu" or offsets.ndim != 1:
             raise InvalidArgument("offsets", f"must be a 1-D integer array [n + 1], got {offsets.dtype} {offsets.shape}")
         return events, offsets.astype(np.int64, copy=False)
     samples = list(samples)
     for i, sample in enumerate(samples):
-        check_event_dtype(sample, f"samples[{i}]")
+        check_dvs_layout(sample, f"samples[{i}]")
     if len(samples) == 1:  # no copy: the wire encoder copies once anyway
         return samples[0], np.array([0, samples[0].size], np.int64)
     return pack_samples(samples)

@@ -33,6 +33,15 @@ def make_dvs_events(x, y, p, t) -> np.ndarray:
     return events
 
 
+def check_dvs_layout(events: object, field: str = "events") -> None:
+    """Refuse anything but a one-dimensional DVS_EVENT_DTYPE array (cheap: no pass over the data)."""
+    if not isinstance(events, np.ndarray) or events.dtype != DVS_EVENT_DTYPE:
+        got = getattr(events, "dtype", type(events).__name__)
+        raise InvalidArgument(field, f"dtype must be chiploop.events.DVS_EVENT_DTYPE {DVS_EVENT_DTYPE.descr}, got {got}")
+    if events.ndim != 1:
+        raise InvalidArgument(field, f"must be one-dimensional, got shape {events.shape}")
+
+
 def check_dvs_events(
     events: np.ndarray, sensor_size: tuple[int, int], field: str = "events", offsets: np.ndarray | None = None
 ) -> None:
@@ -43,11 +52,7 @@ def check_dvs_events(
     With ``offsets`` (a batch of concatenated samples, checked by ``check_offsets``)
     timestamps need only be sorted within each sample.
     """
-    if not isinstance(events, np.ndarray) or events.dtype != DVS_EVENT_DTYPE:
-        got = getattr(events, "dtype", type(events).__name__)
-        raise InvalidArgument(field, f"dtype must be {DVS_EVENT_DTYPE.descr}, got {got}")
-    if events.ndim != 1:
-        raise InvalidArgument(field, f"must be one-dimensional, got shape {events.shape}")
+    check_dvs_layout(events, field)
     if offsets is not None:
         check_offsets(offsets, events.size)
     if events.size == 0:
