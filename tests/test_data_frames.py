@@ -90,20 +90,3 @@ def test_batches_carry_the_same_events_to_chip_and_frames():
         np.testing.assert_array_equal(b.labels, ds.labels[b.indices])
     again = list(iterate_batches(ds, idx, ro, batch_size=4, shuffle=True, seed=0, augment=Augment()))
     np.testing.assert_array_equal(again[0].frames, batches[0].frames)
-
-
-def test_tonic_route_converts_events_and_never_downloads(tmp_path):
-    from chiploop.data.tonic_source import TonicNMNIST, to_dvs_events, tonic_available
-    from chiploop.errors import BackendUnavailable
-
-    tonic_dtype = np.dtype([("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])
-    raw = np.array([(3, 4, 20, 1), (5, 6, 10, 0)], dtype=tonic_dtype)
-    ev = to_dvs_events(raw)
-    np.testing.assert_array_equal(ev["t"], [10, 20])  # sorted by time
-    np.testing.assert_array_equal(ev["x"], [5, 3])
-    if tonic_available():
-        with pytest.raises(InvalidArgument, match="never downloads"):
-            TonicNMNIST(tmp_path)
-    else:
-        with pytest.raises(BackendUnavailable, match="tonic"):
-            TonicNMNIST(tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from chiploop.data import NMNIST, default_data_dir, read_nmnist_bin
@@ -75,3 +77,15 @@ def test_full_layout_and_bad_files(tmp_path):
         read_nmnist_bin(tmp_path / "far.bin")
     with pytest.raises(InvalidArgument, match="no N-MNIST data"):
         NMNIST(tmp_path, split="test")
+
+
+def test_timestamp_overflow_markers_extend_time_like_the_authors_reader():
+    # y = 240 marks a timestamp overflow: 2**13 us more from there on (Read_Ndataset.m).
+    raw = encode([1, 0, 2, 0, 3], [1, 240, 2, 240, 3], [0, 0, 1, 0, 1], [5, 0, 7, 0, 9])
+    ev = decode_nmnist_bytes(raw)
+    np.testing.assert_array_equal(ev["x"], [1, 2, 3])
+    np.testing.assert_array_equal(ev["t"], [5, 7 + 8192, 9 + 2 * 8192])
+    tonic_io = pytest.importorskip("tonic.io")
+    tonic_dtype = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
+    xytp = tonic_io.read_mnist_file(io.BytesIO(raw), tonic_dtype, is_stream=True)
+    np.testing.assert_array_equal(xytp["t"], ev["t"])

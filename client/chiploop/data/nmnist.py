@@ -26,6 +26,8 @@ from chiploop.events import DVS_EVENT_DTYPE
 NMNIST_SENSOR_SIZE: tuple[int, int] = (34, 34)
 NUM_CLASSES = 10
 ENV_DATA_DIR = "CHIPLOOP_NMNIST_DIR"
+OVERFLOW_MARKER_Y = 240
+OVERFLOW_INCREMENT_US = 1 << 13
 
 
 def default_data_dir() -> Path:
@@ -41,16 +43,24 @@ def decode_nmnist_bytes(raw: bytes | np.ndarray, source: str = "data") -> np.nda
     """Decode the 40-bit big-endian N-MNIST encoding into DVS_EVENT_DTYPE events, sorted by time.
 
     bits 39..32: x, 31..24: y, 23: polarity (1 = ON), 22..0: timestamp in us.
+    An event with y = 240 is a timestamp-overflow marker, not an event.
     """
     buf = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
     if buf.size % 5:
         raise InvalidArgument(source, f"size {buf.size} bytes is not a multiple of 5 (40-bit events)")
     rows = buf.reshape(-1, 5).astype(np.int64)
+    t = ((rows[:, 2] & 0x7F) << 16) | (rows[:, 3] << 8) | rows[:, 4]
+    overflow = rows[:, 1] == OVERFLOW_MARKER_Y
+    if overflow.any():
+        # The data set authors' reader (Read_Ndataset.m; tonic copies it) adds 2**13 us
+        # to every event from a marker on, and drops the marker.
+        t = t + np.cumsum(overflow) * OVERFLOW_INCREMENT_US
+        rows, t = rows[~overflow], t[~overflow]
     events = np.empty(rows.shape[0], dtype=DVS_EVENT_DTYPE)
     events["x"] = rows[:, 0]
     events["y"] = rows[:, 1]
     events["p"] = rows[:, 2] >> 7
-    events["t"] = ((rows[:, 2] & 0x7F) << 16) | (rows[:, 3] << 8) | rows[:, 4]
+    events["t"] = t
     height, width = NMNIST_SENSOR_SIZE
     for name, size in (("x", width), ("y", height)):
         bad = events[name] >= size

@@ -1,7 +1,10 @@
 """N-MNIST through tonic (optional): for users who already keep tonic's folder layout.
 
-Never downloads: tonic fetches the data set when its folder is missing, so the
-folder is checked here first and a missing one is refused with a clear message.
+Never downloads. tonic fetches the archive whenever its own check fails (the
+archive itself missing beside the extracted folder, or fewer than 10,000 files),
+even if the extracted samples are all there. Here tonic's dataset is subclassed:
+the check accepts an extracted folder that holds ``.bin`` files, and the
+download raises a clear error instead of reaching the network.
 """
 
 from __future__ import annotations
@@ -31,6 +34,23 @@ def to_dvs_events(tonic_events: np.ndarray) -> np.ndarray:
     return out
 
 
+def _offline_nmnist_class(tonic):  # noqa: ANN001, ANN202 - tonic is imported lazily
+    # Named NMNIST on purpose: tonic's folder is save_to/<class name>.
+    class NMNIST(tonic.datasets.NMNIST):
+        def _check_exists(self) -> bool:
+            folder = Path(self.location_on_system, self.folder_name)
+            return folder.is_dir() and next(folder.glob("**/*.bin"), None) is not None
+
+        def download(self) -> None:
+            raise InvalidArgument(
+                "data",
+                f"no .bin files under {Path(self.location_on_system, self.folder_name)}; "
+                "chiploop never downloads, extract N-MNIST there first",
+            )
+
+    return NMNIST
+
+
 class TonicNMNIST:
     """``tonic.datasets.NMNIST(save_to=root, train=...)`` with the same interface as
     ``chiploop.data.NMNIST`` (``events(i)``, ``labels``, ``ds[i]``), cached in memory."""
@@ -49,7 +69,8 @@ class TonicNMNIST:
             raise InvalidArgument(
                 "data", f"{folder} does not exist; chiploop never downloads, extract N-MNIST there first"
             )
-        self._ds = tonic.datasets.NMNIST(save_to=str(self.root), train=split == "train")
+        self._ds = _offline_nmnist_class(tonic)(save_to=str(self.root), train=split == "train")
+        self.files = [Path(f) for f in self._ds.data]  # tonic's order: lexicographic per digit
         self.labels = np.asarray([int(t) for t in self._ds.targets], np.int64)
         self._cache: dict[int, np.ndarray] = {}
 

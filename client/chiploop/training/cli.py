@@ -103,8 +103,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from chiploop.training.evaluate_checkpoint import evaluate_checkpoint  # noqa: PLC0415
 
     report = evaluate_checkpoint(
-        args.checkpoint, chip=tuple(args.chip), data=args.data, split=args.split, workers=args.chip_workers,
-        threads=args.threads,
+        args.checkpoint, chip=tuple(args.chip), data=args.data, tonic=args.tonic, split=args.split,
+        workers=args.chip_workers, threads=args.threads,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -141,6 +141,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="accuracy of a checkpoint in software and on the chip")
     p.add_argument("checkpoint")
     p.add_argument("--data", default=None, help="default: the data the checkpoint was trained on")
+    p.add_argument("--tonic", action=argparse.BooleanOptionalAction, default=None,
+                   help="read --data through tonic (or not); default: as the checkpoint was trained")
     p.add_argument("--chip", action="append", default=[], metavar="ADDRESS", help="as for train")
     p.add_argument("--chip-workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)

@@ -19,6 +19,7 @@ def evaluate_checkpoint(
     path: str,
     chip: tuple[str, ...] = (),
     data: str | None = None,
+    tonic: bool | None = None,
     split: str = "val",
     workers: int = 1,
     threads: int = 1,
@@ -30,6 +31,8 @@ def evaluate_checkpoint(
     cfg = TrainConfig.from_dict(ckpt["config"])
     if data is not None:
         cfg = replace(cfg, data=data)
+    if tonic is not None:
+        cfg = replace(cfg, tonic=tonic)
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
     method.load_state_dict(ckpt["method"])
