@@ -127,13 +127,13 @@ def test_with_updates_sets_a_leak_on_a_layer_with_a_period():
 @pytest.mark.parametrize(
     ("updates", "field", "error"),
     [
-        ({9: {"threshold_high": 5}}, "updates", InvalidArgument),
+        ({9: {"threshold_high": 5}}, "updates[9].layer", InvalidArgument),
         ({0: {"weights": np.zeros((16, 2, 2, 2), np.int8)}}, "updates[0].weights", InvalidArgument),
         ({0: {"bias": 1}}, "updates[0].bias", InvalidArgument),
         ({0: {"threshold_high": 1.5}}, "updates[0].threshold_high", InvalidArgument),
         ({0: {"threshold_high": 40000}}, "layers[0]", NetworkRejected),
         ({0: {"weights": np.full((16, 2, 3, 3), 1.0)}}, "layers[0].weights", InvalidArgument),
-        ({0: {"leak": np.zeros(16, np.int16)}}, "layers[0].leak_period_us", InvalidArgument),
+        ({0: {"leak": np.zeros(16, np.int16)}}, "updates[0].leak", InvalidArgument),
         ({1: {"threshold_low": 5000}}, "layers[1]", NetworkRejected),
     ],
 )

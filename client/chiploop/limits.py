@@ -7,7 +7,8 @@ network ever leaves the trainer.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -127,6 +128,69 @@ def check_layer_fields(index: int, layer: Layer, limits: ChipLimits = SPECK) -> 
             )
         if layer.leak_period_us <= 0:
             raise InvalidArgument(f"{where}.leak_period_us", "must be > 0 when a leak is set")
+
+
+#: The fields of a deployed layer an incremental update may replace (no shape changes).
+UPDATE_KEYS: tuple[str, ...] = ("weights", "leak", "threshold_high", "threshold_low")
+
+
+def canonical(spec: NetworkSpec) -> NetworkSpec:
+    """The spec with weights as int8 and leaks as int16: the dtypes content hashes and kernels
+    expect (call it only on a checked spec: it casts)."""
+    layers = []
+    for layer in spec.layers:
+        changes: dict[str, Any] = {}
+        if np.asarray(layer.weights).dtype != np.int8:
+            changes["weights"] = np.asarray(layer.weights, np.int8)
+        if layer.leak is not None and np.asarray(layer.leak).dtype != np.int16:
+            changes["leak"] = np.asarray(layer.leak, np.int16)
+        layers.append(replace(layer, **changes) if changes else layer)
+    return replace(spec, layers=tuple(layers))
+
+
+def apply_layer_updates(
+    spec: NetworkSpec, updates: dict[int, dict[str, Any]], limits: ChipLimits = SPECK
+) -> tuple[NetworkSpec, list[int]]:
+    """An incremental update, checked: the new spec (canonical) and the indices of the changed layers.
+
+    ``updates`` maps a layer index to ``{field: value}`` with fields from
+    ``UPDATE_KEYS``; a None value keeps the deployed one. Nothing about the
+    network's shape can change, so only the updated layers are checked. A
+    malformed update names the request's field (``updates[i].weights``); a value
+    the chip cannot hold names the layer, as a deploy would (``layers[i]``).
+    """
+    if not isinstance(updates, dict):
+        raise InvalidArgument("updates", f"must be a dict {{layer: {{field: value}}}}, got {type(updates).__name__}")
+    changed = []
+    for index, fields in updates.items():
+        where = f"updates[{index}]"
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < len(spec.layers):
+            raise InvalidArgument(f"{where}.layer", f"no layer {index!r} (network has {len(spec.layers)})")
+        if not isinstance(fields, dict):
+            raise InvalidArgument(where, f"must be a dict of fields, got {type(fields).__name__}")
+        unknown = sorted(set(fields) - set(UPDATE_KEYS))
+        if unknown:
+            raise InvalidArgument(f"{where}.{unknown[0]}", f"cannot be updated (updatable: {', '.join(UPDATE_KEYS)})")
+        old = spec.layers[index]
+        changes = {k: v for k, v in fields.items() if v is not None}
+        if "weights" in changes and np.shape(changes["weights"]) != old.weights.shape:
+            raise InvalidArgument(
+                f"{where}.weights", f"shape must stay {old.weights.shape}, got {np.shape(changes['weights'])}"
+            )
+        if "leak" in changes and old.leak_period_us <= 0:
+            raise InvalidArgument(
+                f"{where}.leak", f"layer {index} was deployed without a leak period; deploy it with one first"
+            )
+        for name in ("threshold_high", "threshold_low"):
+            if name in changes and not isinstance(changes[name], (int, np.integer)):
+                raise InvalidArgument(f"{where}.{name}", f"must be an integer, got {changes[name]!r}")
+            if name in changes:
+                changes[name] = int(changes[name])
+        candidate = spec.with_layer(int(index), **changes)
+        check_layer_fields(int(index), candidate.layers[index], limits)
+        spec = canonical(candidate)
+        changed.append(int(index))
+    return spec, sorted(changed)
 
 
 def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from chiploop.errors import InvalidArgument
 from chiploop.events import CHIP_EVENT_DTYPE
-from chiploop.limits import ChipLimits
+from chiploop.limits import UPDATE_KEYS, ChipLimits
 from chiploop.run import Readout, RunResult
 from chiploop.spec import InputLayer, Layer, NetworkSpec
 from chiploop.v1 import chiploop_pb2 as pb
@@ -47,7 +47,6 @@ _MODE_TO_WIRE = {
 _MODE_FROM_WIRE = {v: k for k, v in _MODE_TO_WIRE.items()}
 
 #: The keys a per-layer update may carry (``ChipClient.update_weights``).
-UPDATE_KEYS = ("weights", "leak", "threshold_high", "threshold_low")
 
 
 # ---------------------------------------------------------------- dtypes

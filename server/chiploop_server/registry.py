@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from chiploop.errors import InvalidArgument, NotFound
-from chiploop.limits import check_layer_fields, validate
+from chiploop.limits import apply_layer_updates, canonical, validate
 from chiploop.spec import NetworkSpec
-from chiploop.wire import UPDATE_KEYS
 
 from chiploop_server.devices.base import Device
 
@@ -29,45 +27,6 @@ class Model:
     cores: tuple[int, ...]
     layer_hashes: tuple[str, ...]
     handle: Any  # what the device runs (a compiled network, a samna configuration)
-
-
-def canonical(spec: NetworkSpec) -> NetworkSpec:
-    """The spec with weights as int8 and leaks as int16 (call only after validate: it casts)."""
-    layers = []
-    for layer in spec.layers:
-        changes: dict[str, Any] = {}
-        if np.asarray(layer.weights).dtype != np.int8:
-            changes["weights"] = np.asarray(layer.weights, np.int8)
-        if layer.leak is not None and np.asarray(layer.leak).dtype != np.int16:
-            changes["leak"] = np.asarray(layer.leak, np.int16)
-        layers.append(replace(layer, **changes) if changes else layer)
-    return NetworkSpec(layers=tuple(layers), input=spec.input, monitor=spec.monitor, hop_latency_us=spec.hop_latency_us)
-
-
-def apply_updates(spec: NetworkSpec, updates: dict[int, dict[str, Any]]) -> tuple[NetworkSpec, list[int]]:
-    """The updated spec (checked and canonical) and the indices of the layers that changed."""
-    changed = []
-    for index, fields in sorted(updates.items()):
-        where = f"updates[{index}]"
-        if not 0 <= index < len(spec.layers):
-            raise InvalidArgument(f"{where}.layer", f"no layer {index} (network has {len(spec.layers)})")
-        unknown = sorted(set(fields) - set(UPDATE_KEYS))
-        if unknown:
-            raise InvalidArgument(f"{where}.{unknown[0]}", f"cannot be updated (updatable: {', '.join(UPDATE_KEYS)})")
-        old = spec.layers[index]
-        if "weights" in fields and np.shape(fields["weights"]) != old.weights.shape:
-            raise InvalidArgument(
-                f"{where}.weights", f"shape must stay {old.weights.shape}, got {np.shape(fields['weights'])}"
-            )
-        if "leak" in fields and old.leak is None and old.leak_period_us <= 0:
-            raise InvalidArgument(
-                f"{where}.leak", f"layer {index} was deployed without a leak period; deploy it with one first"
-            )
-        candidate = spec.with_layer(index, **fields)
-        check_layer_fields(index, candidate.layers[index])
-        spec = canonical(candidate)
-        changed.append(index)
-    return spec, changed
 
 
 class Registry:
@@ -103,7 +62,7 @@ class Registry:
         if not updates:
             raise InvalidArgument("updates", "no layer to update")
         base = self.get(model_id)
-        spec, changed = apply_updates(base.spec, updates)
+        spec, changed = apply_layer_updates(base.spec, updates)
         layer_hashes = list(base.layer_hashes)
         for index in changed:
             layer_hashes[index] = spec.layers[index].content_hash()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from chiploop.errors import InvalidArgument
-from chiploop.limits import check_layer_fields, validate
+from chiploop.limits import apply_layer_updates, validate
 from chiploop.spec import NetworkSpec
 
 # Columns of SimNetwork.meta (one row per layer).
@@ -34,7 +34,6 @@ I_OFS = 28  # offset of the layer's input frame in the sync kernel's frame buffe
 META_COLUMNS = 29
 
 #: Fields a weight update may change (all optional; absent or None keeps the deployed value).
-UPDATABLE = ("weights", "leak", "threshold_high", "threshold_low")
 
 
 def _layer_row(spec: NetworkSpec, i: int, in_shape, out_shape) -> np.ndarray:
@@ -135,52 +134,17 @@ class SimNetwork:
         value. Only the changed layers are checked and recompiled; the placement
         stays, since no shape can change.
         """
-        if not isinstance(updates, dict):
-            raise InvalidArgument("updates", f"must be a dict {{layer: {{field: value}}}}, got {type(updates).__name__}")
-        spec = self.spec
+        spec, changed = apply_layer_updates(self.spec, updates)
         meta = self.meta.copy()
         weights = self.weights.copy()
         leaks = self.leaks.copy()
-        for index, fields in updates.items():
-            if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_layers:
-                raise InvalidArgument("updates", f"no layer {index!r} (network has {self.num_layers})")
-            where = f"updates[{index}]"
-            if not isinstance(fields, dict):
-                raise InvalidArgument(where, f"must be a dict of fields, got {type(fields).__name__}")
-            unknown = sorted(set(fields) - set(UPDATABLE))
-            if unknown:
-                raise InvalidArgument(f"{where}.{unknown[0]}", f"cannot be updated (updatable: {UPDATABLE})")
-            old = spec.layers[index]
-            changes = {k: v for k, v in fields.items() if v is not None}
-            if "weights" in changes:
-                new_w = np.asarray(changes["weights"])
-                if new_w.shape != old.weights.shape:
-                    raise InvalidArgument(
-                        f"{where}.weights", f"shape must stay {old.weights.shape}, got {new_w.shape}"
-                    )
-            for name in ("threshold_high", "threshold_low"):
-                if name in changes and not isinstance(changes[name], (int, np.integer)):
-                    raise InvalidArgument(f"{where}.{name}", f"must be an integer, got {changes[name]!r}")
-            candidate = spec.with_layer(index, **changes)
-            layer = candidate.layers[index]
-            check_layer_fields(index, layer)
-            # Keep the checked values as the exact dtypes the hash and the kernels expect.
-            typed = {}
-            if "weights" in changes:
-                typed["weights"] = np.array(layer.weights, np.int8)
-            if "leak" in changes:
-                typed["leak"] = np.array(layer.leak, np.int16)
-            for name in ("threshold_high", "threshold_low"):
-                if name in changes:
-                    typed[name] = int(changes[name])
-            spec = spec.with_layer(index, **typed)
+        for index in changed:
             layer = spec.layers[index]
             row = meta[index]
             _set_dynamics(row, layer)
-            if "weights" in typed:
-                w = _kernel_weights(layer.weights)
-                weights[row[W_OFS] : row[W_OFS] + w.size] = w
-            if "leak" in typed:
+            w = _kernel_weights(layer.weights)
+            weights[row[W_OFS] : row[W_OFS] + w.size] = w
+            if layer.leak is not None:
                 leaks[row[L_OFS] : row[L_OFS] + row[F]] = layer.leak
         return SimNetwork(
             spec=spec,
