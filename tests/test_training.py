@@ -12,7 +12,7 @@ from chiploop.data import default_data_dir
 from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import TrainConfig
-from chiploop.training.experiment import run_experiment
+from chiploop.training.experiment import run_experiment, run_seeds
 from chiploop.training.trainer import load_checkpoint, train
 
 DATA = default_data_dir()
@@ -63,3 +63,18 @@ def test_experiment_writes_table1(tmp_path, daemon):
     assert "| cnn |" in table and "| bptt |" in table and "degradation" in table
     for name in ("table1.png", "chip_accuracy.png", "weights_by_method.png", "results.json", "table1.csv"):
         assert (tmp_path / "exp" / name).is_file(), name
+
+
+def test_experiment_over_seeds_reports_means_and_cil_margins(tmp_path, daemon):
+    base = TrainConfig(out=str(tmp_path / "seeds"), chip=(daemon.address,), **TINY)
+    base.extra["epochs"] = {"bptt": 1, "cil-bptt": 1}
+    by_seed = run_seeds(base, ["bptt", "cil-bptt"], [0, 1], budget_min=5)
+    assert list(by_seed) == [0, 1]
+    assert (tmp_path / "seeds" / "seed1" / "cil-bptt" / "checkpoint.pt").is_file()
+    report = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
+    chip = report["percent"]
+    expected = [100 * (by_seed[s]["cil-bptt"].final.chip - by_seed[s]["bptt"].final.chip) for s in (0, 1)]
+    assert report["chip_margins"]["cil-bptt - bptt"] == pytest.approx(expected)
+    assert chip["bptt"]["chip"] == pytest.approx([100 * by_seed[s]["bptt"].final.chip for s in (0, 1)])
+    table = (tmp_path / "seeds" / "seeds.md").read_text()
+    assert "| cil-bptt |" in table and "cil-bptt minus bptt" in table

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from chiploop.errors import InvalidArgument
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -115,15 +116,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
-    from chiploop.training.experiment import run_experiment  # noqa: PLC0415
+    from chiploop.training.experiment import run_experiment, run_seeds  # noqa: PLC0415
 
     cfg = _config(args, out=args.out, resume=args.resume)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHOD_NAMES)
     if args.epochs is not None:
         cfg.extra["epochs"] = {m: args.epochs for m in METHOD_NAMES}
-    run_experiment(cfg, methods, budget_min=args.budget)
-    print(os.path.join(args.out, "table1.md"))
-    with open(os.path.join(args.out, "table1.md")) as fh:
+    if args.seeds:
+        try:
+            seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+        except ValueError:
+            raise InvalidArgument("seeds", f"must be comma-separated integers, got {args.seeds!r}") from None
+        run_seeds(cfg, methods, seeds, budget_min=args.budget)
+        report = os.path.join(args.out, "seeds.md")
+    else:
+        run_experiment(cfg, methods, budget_min=args.budget)
+        report = os.path.join(args.out, "table1.md")
+    print(report)
+    with open(report) as fh:
         print(fh.read())
     return 0
 
@@ -153,7 +163,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("experiment", help="every method on the same data: the paper's Table 1")
     p.add_argument("--out", default="runs/table1")
-    p.add_argument("--budget", type=float, default=25.0, help="minutes for all methods together")
+    p.add_argument("--budget", type=float, default=25.0, help="minutes for all methods together (per seed)")
+    p.add_argument("--seeds", default="", help="comma-separated seeds: the whole experiment once per seed, in "
+                                               "OUT/seed<k>/, and seeds.md with means, spreads and CIL margins")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every method (default: the plan's)")
     p.add_argument("--methods", default="", help=f"comma-separated subset of {', '.join(METHOD_NAMES)}")
     p.add_argument("--resume", action="store_true", help="continue each method from its checkpoint")

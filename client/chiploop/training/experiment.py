@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from chiploop.errors import InvalidArgument
 from chiploop.training.chip import open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 from chiploop.training.trainer import TrainResult, train
@@ -27,6 +29,9 @@ EPOCH_COST = {"cnn": 0.5, "cnn-qat": 0.7, "bptt": 1.0, "cil-bptt": 1.2, "cil-ann
 
 #: Epochs per method in the default plan (about 20 minutes on 2 cores with the bundled data).
 DEFAULT_EPOCHS = {"cnn": 10, "cnn-qat": 10, "bptt": 10, "cil-bptt": 10, "cil-ann": 10}
+
+#: The comparisons the paper makes: each chip-in-loop method against its software-only twin.
+CIL_PAIRS = (("cil-bptt", "bptt"), ("cil-ann", "cnn-qat"))
 
 HEADER = [
     "method",
@@ -131,3 +136,59 @@ def _note(cfg: TrainConfig, budget_min: float, seconds: float) -> str:
         f"cil-ann, the synchronous integer SNN for bptt/cil-bptt); degradation = software - chip. "
         f"Budget {budget_min:g} min, took {seconds / 60:.1f} min."
     )
+
+
+def run_seeds(
+    base: TrainConfig, methods: list[str] | None, seeds: list[int], budget_min: float = 25.0
+) -> dict[int, dict[str, TrainResult]]:
+    """The experiment once per seed (split, initialisation and data order all follow the seed),
+    each in ``out/seed<k>/``, then ``seeds.md``/``seeds.json``: every method's accuracies per
+    seed with their mean and spread, and each chip-in-loop method's margin over its twin."""
+    if not seeds:
+        raise InvalidArgument("seeds", "give at least one seed")
+    out = Path(base.out)
+    by_seed: dict[int, dict[str, TrainResult]] = {}
+    for seed in seeds:
+        by_seed[seed] = run_experiment(replace(base, seed=seed, out=str(out / f"seed{seed}")), methods, budget_min)
+        write_seed_table(out, by_seed)
+    return by_seed
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {sd:.1f}"
+
+
+def write_seed_table(out: Path, by_seed: dict[int, dict[str, TrainResult]]) -> None:
+    seeds = list(by_seed)
+    methods = list(next(iter(by_seed.values())))
+    pct = {  # method -> column -> one value per seed, in percent / points
+        m: {
+            "software": [100 * by_seed[s][m].final.software for s in seeds],
+            "chip": [100 * (by_seed[s][m].final.chip or 0.0) for s in seeds],
+            "degradation": [by_seed[s][m].final.degradation or 0.0 for s in seeds],
+        }
+        for m in methods
+    }
+    header = ["method", *(f"seed {s}: software / chip" for s in seeds), "software (mean ± sd)",
+              "chip (mean ± sd)", "degradation (mean ± sd)"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in methods:
+        cells = [f"{a:.1f} / {b:.1f}" for a, b in zip(pct[m]["software"], pct[m]["chip"], strict=True)]
+        lines.append("| " + " | ".join([m, *cells, *(_mean_sd(pct[m][k]) for k in ("software", "chip", "degradation"))]) + " |")
+    margins = {}
+    for cil, twin in CIL_PAIRS:
+        if cil in pct and twin in pct:
+            diff = [a - b for a, b in zip(pct[cil]["chip"], pct[twin]["chip"], strict=True)]
+            margins[f"{cil} - {twin}"] = diff
+            lines.append("")
+            lines.append(
+                f"On the chip, {cil} minus {twin}: " + ", ".join(f"{d:+.1f}" for d in diff)
+                + f" points (seeds {', '.join(map(str, seeds))}); mean {statistics.fmean(diff):+.1f}, "
+                f"min {min(diff):+.1f}."
+            )
+    n_val = next(iter(by_seed.values()))[methods[0]].final.n
+    lines += ["", f"{len(seeds)} seeds; each seed draws its own validation split of {n_val} samples, "
+              f"its own initialisation and data order. One sample is {100 / n_val:.1f} points."]  # fmt: skip
+    (out / "seeds.md").write_text("\n".join(lines) + "\n")
+    (out / "seeds.json").write_text(json.dumps({"seeds": seeds, "percent": pct, "chip_margins": margins}, indent=2))
