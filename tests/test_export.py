@@ -14,10 +14,15 @@ from chiploop.export import ann_to_snn, balance, export_spec, integer_layers
 from chiploop.limits import validate
 from chiploop.models import ANNTwin, SpikingCNN, data_init, leak_ticks, scaled_architecture
 from chiploop.run import pack_samples
+from chiploop.training.device import resolve_device
 from chiploop_server.sim import SimNetwork, run_batch
 
 DATA = default_data_dir()
 needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]),
+]
 
 
 def test_default_model_exports_the_paper_network():
@@ -44,15 +49,17 @@ def test_leaky_export_ticks_once_per_bin_and_a_too_big_model_is_refused():
 @needs_data
 @pytest.mark.parametrize("neuron", ["iaf", "leaky"])
 @pytest.mark.parametrize("where", ["in-process", "daemon"])
-def test_quantized_forward_equals_the_simulators_sync_mode(neuron, where, request):
+@pytest.mark.parametrize("device", DEVICES)
+def test_quantized_forward_equals_the_simulators_sync_mode(neuron, where, device, request):
     """The torch integer network and the simulator's synchronous counterpart agree bit for bit,
-    in process and through the daemon (``Readout(mode="sync")``)."""
+    in process and through the daemon (``Readout(mode="sync")``), trained on the CPU or a GPU."""
+    resolve_device(device)  # on CUDA: TF32 off, as training does
     torch.manual_seed(1)
     ds = NMNIST(DATA)
     ro = readout_for(5, 320_000)
     batch = make_batch(ds, np.arange(12), ro)
-    frames = torch.from_numpy(batch.frames)
-    model = SpikingCNN(neuron=neuron)
+    frames = torch.from_numpy(batch.frames).to(device)
+    model = SpikingCNN(neuron=neuron).to(device)
     data_init(model, frames, target=3.0)
     ticks = leak_ticks(ro.t0_us, ro.bin_us, ro.num_bins, ro.bin_us)
     with torch.no_grad():
@@ -66,8 +73,8 @@ def test_quantized_forward_equals_the_simulators_sync_mode(neuron, where, reques
         events, offsets = pack_samples(batch.events)
         result = run_batch(SimNetwork.from_spec(spec), events, offsets, sync)
     assert out.spikes.sum() > 0  # not a trivially silent network
-    np.testing.assert_array_equal(result.counts[5], out.spikes.numpy())
-    np.testing.assert_array_equal(result.membranes[5][..., 0, 0], out.v_mem.numpy())
+    np.testing.assert_array_equal(result.counts[5], out.spikes.cpu().numpy())
+    np.testing.assert_array_equal(result.membranes[5][..., 0, 0], out.v_mem.cpu().numpy())
 
 
 @needs_data

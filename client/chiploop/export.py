@@ -123,10 +123,10 @@ def balance(
     inputs = []
     for x in frames:
         x = x.sum(1) if x.dim() == 5 else x
-        inputs.append(x[x > 0].numpy())
+        inputs.append(x[x > 0].cpu().numpy())
         logits, acts = ann(x, qat=qat, record=True)
         for i, a in enumerate(acts):
-            per_layer[i].append(a[a > 0].numpy())
+            per_layer[i].append(a[a > 0].cpu().numpy())
     if not inputs:
         raise InvalidArgument("frames", "balancing needs at least one batch")
 
@@ -151,7 +151,7 @@ def ann_to_snn(
     No low clamp by default: an integrate-and-fire neuron without one counts
     ReLU(total input) / threshold, the quantity the ANN computed on the summed frame.
     """
-    snn = SpikingCNN(ann.arch, neuron=neuron, theta_low=theta_low, leak_init=0.0)
+    snn = SpikingCNN(ann.arch, neuron=neuron, theta_low=theta_low, leak_init=0.0).to(ann.scale.device)
     with torch.no_grad():
         for dst, src in zip(snn.convs, ann.convs, strict=True):
             dst.weight.copy_(src.weight)

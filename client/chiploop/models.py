@@ -246,7 +246,8 @@ class SpikingCNN(_ConvStack):
     def reset_states(self) -> None:
         for layer in self.spiking:
             for name, _ in list(layer.named_buffers()):
-                layer.register_buffer(name, torch.zeros(0))
+                # sinabs sizes a state on the device its empty buffer lives on.
+                layer.register_buffer(name, torch.zeros(0, device=self.scale.device))
 
     # Neuron states belong to the last batch, not to the model: checkpoints hold them empty.
     def state_dict(self, *args, **kwargs):
@@ -256,7 +257,7 @@ class SpikingCNN(_ConvStack):
     def load_state_dict(self, state_dict, *args, **kwargs):
         self.reset_states()
         states = {f"spiking.{i}.{name}" for i, layer in enumerate(self.spiking) for name, _ in layer.named_buffers()}
-        cleaned = {k: (torch.zeros(0) if k in states else v) for k, v in state_dict.items()}
+        cleaned = {k: (torch.zeros(0, device=self.scale.device) if k in states else v) for k, v in state_dict.items()}
         return super().load_state_dict(cleaned, *args, **kwargs)
 
     def forward(
@@ -285,12 +286,14 @@ class SpikingCNN(_ConvStack):
             current = F.conv2d(x, self.weight_units(i, quantized), stride=conv.stride, padding=conv.padding)
             leak = self.leak_units(i, quantized)
             if leak is not None:
-                per_step = torch.tensor(ticks if ticks is not None else [1] * steps, dtype=current.dtype)
+                per_step = torch.tensor(
+                    ticks if ticks is not None else [1] * steps, dtype=current.dtype, device=current.device
+                )
                 current = current + leak.view(1, -1, 1, 1) * per_step.repeat(batch).view(-1, 1, 1, 1)
             high, low = self.thresholds(i, quantized)
             iaf.num_timesteps = steps
-            iaf.spike_threshold.data = torch.tensor(high)
-            iaf.min_v_mem.data = torch.tensor(low)
+            iaf.spike_threshold.data = torch.tensor(high, device=current.device)
+            iaf.min_v_mem.data = torch.tensor(low, device=current.device)
             spikes = iaf(current)
             if chip_spikes is not None and i in chip_spikes:
                 chip = chip_spikes[i].reshape(spikes.shape).to(spikes.dtype)

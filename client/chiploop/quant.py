@@ -58,8 +58,10 @@ def fake_quant(w: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
 def quantize_weights(w: torch.Tensor | np.ndarray, scale: float | torch.Tensor) -> np.ndarray:
     """The int8 weights the chip receives: the very float32 computation fake_quant_units does,
     so an exported network equals the fake-quantized one bit for bit."""
+    # Computed where the weights live (the training device), so it is the forward's own arithmetic.
     t = torch.as_tensor(w).detach().to(torch.float32)
-    return fake_quant_units(t, torch.as_tensor(scale, dtype=torch.float32)).to(torch.int8).numpy()
+    s = torch.as_tensor(scale, dtype=torch.float32, device=t.device)
+    return fake_quant_units(t, s).to(torch.int8).cpu().numpy()
 
 
 def quantize_threshold(theta: float, scale: float) -> int:
@@ -77,7 +79,8 @@ def quantize_threshold_low(theta_low: float, scale: float, threshold_high: int) 
 def quantize_leak(leak: torch.Tensor | np.ndarray, scale: float | torch.Tensor) -> np.ndarray:
     """int16 per-channel leak (added once per tick): round(b / s), as fake_quant_leak_units does it."""
     t = torch.as_tensor(leak).detach().to(torch.float32)
-    return fake_quant_leak_units(t, torch.as_tensor(scale, dtype=torch.float32)).to(torch.int16).numpy()
+    s = torch.as_tensor(scale, dtype=torch.float32, device=t.device)
+    return fake_quant_leak_units(t, s).to(torch.int16).cpu().numpy()
 
 
 def fake_quant_leak_units(leak: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:

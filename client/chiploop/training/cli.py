@@ -25,6 +25,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "process; none: start a local daemon with the simulator")
     p.add_argument("--chip-workers", type=int, default=_DEFAULTS.chip_workers, help="workers of the local daemon")
     p.add_argument("--threads", type=int, default=_DEFAULTS.torch_threads, help="torch threads")
+    p.add_argument("--device", default=_DEFAULTS.device,
+                   help="where torch trains: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda[:N], mps")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--bins", type=int, default=_DEFAULTS.bins, help="time bins T per sample")
     p.add_argument("--duration-ms", type=float, default=_DEFAULTS.duration_us / 1000, help="span the T bins cover")
@@ -57,6 +59,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         chip=tuple(args.chip),
         chip_workers=args.chip_workers,
         torch_threads=args.threads,
+        device=args.device,
         seed=args.seed,
         bins=args.bins,
         duration_us=int(round(args.duration_ms * 1000)),
@@ -105,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     report = evaluate_checkpoint(
         args.checkpoint, chip=tuple(args.chip), data=args.data, tonic=args.tonic, split=args.split,
-        workers=args.chip_workers, threads=args.threads,
+        workers=args.chip_workers, threads=args.threads, device=args.device,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -156,6 +159,7 @@ def register(subparsers) -> None:
     p.add_argument("--chip", action="append", default=[], metavar="ADDRESS", help="as for train")
     p.add_argument("--chip-workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", help="as for train (the checkpoint loads on any device)")
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="val: the run's validation split; test: the Test split of a full N-MNIST folder")
     p.add_argument("--json", action="store_true")

@@ -56,12 +56,13 @@ def evaluate(
     n = 0
     for batch in iterate_batches(dataset, indices, method.readout, batch_size):
         pending = chip.run_async(batch.events, readout) if chip is not None else None
-        frames = torch.from_numpy(batch.frames)
+        frames = method.tensor(batch.frames)
         labels = batch.labels
-        sync_int = snn(frames, quantized=True, ticks=method.ticks).score.argmax(1).numpy()
+        sync_int = snn(frames, quantized=True, ticks=method.ticks).score.argmax(1).cpu().numpy()
+        sync_float = snn(frames, quantized=False, ticks=method.ticks).score.argmax(1).cpu().numpy()
         hits["sync_int"] += int((sync_int == labels).sum())
-        hits["sync_float"] += int((snn(frames, quantized=False, ticks=method.ticks).score.argmax(1).numpy() == labels).sum())
-        hits["software"] += int((method.software_scores(frames).argmax(1).numpy() == labels).sum())
+        hits["sync_float"] += int((sync_float == labels).sum())
+        hits["software"] += int((method.software_scores(frames).argmax(1).cpu().numpy() == labels).sum())
         if pending is not None:
             result = pending.result()
             on_chip = chip_score(result, last, threshold).argmax(1)

@@ -23,6 +23,7 @@ def evaluate_checkpoint(
     split: str = "val",
     workers: int = 1,
     threads: int = 1,
+    device: str = "auto",
 ) -> dict:
     """Rebuild the method from the checkpoint and measure it on the run's validation split
     (or a data set's test split), on the given chip or a local simulator daemon."""
@@ -33,6 +34,7 @@ def evaluate_checkpoint(
         cfg = replace(cfg, data=data)
     if tonic is not None:
         cfg = replace(cfg, tonic=tonic)
+    cfg = replace(cfg, device=device)  # where it was trained does not matter
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
     method.load_state_dict(ckpt["method"])

@@ -32,6 +32,7 @@ from chiploop.models import ANNTwin, SpikingCNN, data_init, leak_ticks, scaled_a
 from chiploop.run import Readout
 from chiploop.training.chip import Chip
 from chiploop.training.config import TrainConfig
+from chiploop.training.device import resolve_device
 from chiploop.training.substitute import align_to_logits, chip_outputs, straight_through
 
 
@@ -55,6 +56,11 @@ class Method:
         self.cfg = cfg
         self.readout = readout
         self.arch = scaled_architecture(NMNIST_PAPER, cfg.width)
+        self.device = resolve_device(cfg.device)
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        """A batch's frames or labels on the training device."""
+        return torch.from_numpy(array).to(self.device)
 
     # --- lifecycle
     def setup(self, calibration: torch.Tensor) -> None:
@@ -116,7 +122,7 @@ class BPTT(Method):
 
     def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
         super().__init__(cfg, readout)
-        self.model = SpikingCNN(self.arch, neuron=cfg.neuron, theta_low=cfg.theta_low)  # type: ignore[arg-type]
+        self.model = SpikingCNN(self.arch, neuron=cfg.neuron, theta_low=cfg.theta_low).to(self.device)  # type: ignore[arg-type]
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
 
     def setup(self, calibration: torch.Tensor) -> None:
@@ -134,9 +140,8 @@ class BPTT(Method):
         return self.model(frames, quantized=True, ticks=self.ticks).score
 
     def loss_and_score(self, batch: Batch, chip_run=None) -> tuple[torch.Tensor, torch.Tensor, float]:
-        frames = torch.from_numpy(batch.frames)
-        out = self.model(frames, quantized=True, ticks=self.ticks)
-        return F.cross_entropy(out.score, torch.from_numpy(batch.labels)), out.score, 0.0
+        out = self.model(self.tensor(batch.frames), quantized=True, ticks=self.ticks)
+        return F.cross_entropy(out.score, self.tensor(batch.labels)), out.score, 0.0
 
     def step(self, batch: Batch, chip: Chip | None) -> StepResult:
         self.model.train()
@@ -145,7 +150,7 @@ class BPTT(Method):
         loss.backward()
         self.optimizer.step()
         self.after_step(chip)
-        correct = int((score.argmax(1).numpy() == batch.labels).sum())
+        correct = int((score.argmax(1).cpu().numpy() == batch.labels).sum())
         return StepResult(loss.item(), correct, len(batch), waited)
 
     def after_step(self, chip: Chip | None) -> None:
@@ -192,14 +197,14 @@ class CILBPTT(BPTT):
             return super().loss_and_score(batch, chip)
         assert chip is not None, "cil-bptt needs a chip"
         pending = chip.run_async(batch.events, self.chip_readout)  # the chip works while torch does
-        frames = torch.from_numpy(batch.frames)
+        frames = self.tensor(batch.frames)
         hidden = self.cfg.substitute_hidden
         if hidden:
             # Hidden substitution needs the chip's spikes inside the forward: wait for them first.
             t = time.perf_counter()
             result = pending.result()
             waited = time.perf_counter() - t
-            chip_hidden = {i: torch.from_numpy(result.counts[i].astype(np.float32)) for i in hidden}
+            chip_hidden = {i: self.tensor(result.counts[i].astype(np.float32)) for i in hidden}
             out = self.model(frames, quantized=True, ticks=self.ticks, chip_spikes=chip_hidden)
         else:
             out = self.model(frames, quantized=True, ticks=self.ticks)
@@ -210,7 +215,7 @@ class CILBPTT(BPTT):
         spikes = straight_through(out.spikes, spikes_chip)
         v_mem = straight_through(out.v_mem, v_chip)
         score = spikes.sum(1) + v_mem[:, -1] / out.threshold
-        return F.cross_entropy(score, torch.from_numpy(batch.labels)), score.detach(), waited
+        return F.cross_entropy(score, self.tensor(batch.labels)), score.detach(), waited
 
     def after_step(self, chip: Chip | None) -> None:
         if self.in_loop:
@@ -229,7 +234,7 @@ class CNN(Method):
 
     def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
         super().__init__(cfg, readout)
-        self.model = ANNTwin(self.arch)
+        self.model = ANNTwin(self.arch).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.balance: Balance | None = None
         self._snn: SpikingCNN | None = None
@@ -261,18 +266,18 @@ class CNN(Method):
         return self.model(frames, qat=self.qat)
 
     def logits(self, batch: Batch, chip: Chip | None) -> tuple[torch.Tensor, torch.Tensor, float]:
-        logits = self.model(torch.from_numpy(batch.frames), qat=self.qat)
+        logits = self.model(self.tensor(batch.frames), qat=self.qat)
         return logits, logits, 0.0
 
     def step(self, batch: Batch, chip: Chip | None) -> StepResult:
         self.model.train()
         used, _, waited = self.logits(batch, chip)
-        loss = F.cross_entropy(used, torch.from_numpy(batch.labels))
+        loss = F.cross_entropy(used, self.tensor(batch.labels))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.after_step(chip)
-        correct = int((used.detach().argmax(1).numpy() == batch.labels).sum())
+        correct = int((used.detach().argmax(1).cpu().numpy() == batch.labels).sum())
         return StepResult(loss.item(), correct, len(batch), waited)
 
     def after_step(self, chip: Chip | None) -> None:
@@ -332,7 +337,7 @@ class CILANN(CNNQAT):
             return super().logits(batch, chip)
         assert chip is not None and self.balance is not None
         pending = chip.run_async(batch.events, self.chip_readout)
-        logits = self.model(torch.from_numpy(batch.frames), qat=True)
+        logits = self.model(self.tensor(batch.frames), qat=True)
         t = time.perf_counter()
         result = pending.result()
         waited = time.perf_counter() - t

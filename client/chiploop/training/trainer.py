@@ -147,7 +147,7 @@ def _train(cfg: TrainConfig, chip: Chip | None) -> TrainResult:
     train_idx, val_idx = split_indices(cfg, np.asarray(ds.labels))
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
-    calib = calibration_frames(cfg, ds, train_idx, readout)
+    calib = calibration_frames(cfg, ds, train_idx, readout).to(method.device)
     history: list[dict] = []
     start_epoch = 0
     ckpt_path = out / CHECKPOINT
