@@ -20,7 +20,7 @@ def test_auto_picks_a_gpu_only_when_torch_sees_one():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("name", ["gpu0", "tpu", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"]))
+@pytest.mark.parametrize("name", ["gpu0", "tpu", "mps", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"]))
 def test_unusable_devices_are_refused_by_name(name):
     with pytest.raises(InvalidArgument) as err:
         resolve_device(name)

@@ -26,7 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chip-workers", type=int, default=_DEFAULTS.chip_workers, help="workers of the local daemon")
     p.add_argument("--threads", type=int, default=_DEFAULTS.torch_threads, help="torch threads")
     p.add_argument("--device", default=_DEFAULTS.device,
-                   help="where torch trains: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda[:N], mps")
+                   help="where torch trains: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda[:N]")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--bins", type=int, default=_DEFAULTS.bins, help="time bins T per sample")
     p.add_argument("--duration-ms", type=float, default=_DEFAULTS.duration_us / 1000, help="span the T bins cover")

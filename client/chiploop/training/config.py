@@ -18,7 +18,7 @@ class TrainConfig:
     chip: tuple[str, ...] = ()  # daemon addresses; empty: a local daemon with the simulator
     chip_workers: int = 1  # workers of the local daemon
     torch_threads: int = 1
-    device: str = "auto"  # where torch trains: auto (a CUDA GPU if there is one) | cpu | cuda[:N] | mps
+    device: str = "auto"  # where torch trains: auto (a CUDA GPU if there is one) | cpu | cuda[:N]
     seed: int = 0
     epochs: int = 8
     batch_size: int = 64

@@ -14,7 +14,8 @@ from chiploop.errors import InvalidArgument
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: the first CUDA GPU torch sees, else the CPU; otherwise a torch device name
-    (``cpu``, ``cuda``, ``cuda:1``, ``mps``), refused when torch cannot use it.
+    (``cpu``, ``cuda``, ``cuda:1``), refused when torch cannot use it. Apple's ``mps`` is
+    refused: it has no float64, which the thresholds are kept in.
 
     On CUDA, TF32 is switched off: the QAT forward must sum its integer-valued
     products exactly, as the chip does, and TF32 keeps only 10 mantissa bits of
@@ -33,8 +34,6 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise InvalidArgument("device", f"{name!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidArgument("device", f"{name!r} asked for, but torch sees no MPS device here")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise InvalidArgument("device", f"must be auto, cpu, cuda[:N] or mps, got {name!r}")
+    elif device.type != "cpu":
+        raise InvalidArgument("device", f"must be auto, cpu or cuda[:N], got {name!r}")
     return device
