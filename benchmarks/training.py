@@ -5,7 +5,7 @@ call is started before the synchronous forward pass and waited for after it,
 so the two overlap; threads are given deliberately: the daemon gets
 ``--workers`` (default 1) and torch ``--threads`` (default 1).
 
-    python benchmarks/training.py [--iterations 8] [--batch-size 64] [--bins 5] [--chip ADDRESS]
+    python benchmarks/training.py [--iterations 8] [--batch-size 64] [--bins 5] [--chip ADDRESS] [--device cuda]
 """
 
 from __future__ import annotations
@@ -23,15 +23,17 @@ import torch  # noqa: E402
 from chiploop.data import NMNIST, default_data_dir, iterate_batches, make_batch, readout_for  # noqa: E402
 from chiploop.training.chip import open_chip  # noqa: E402
 from chiploop.training.config import TrainConfig  # noqa: E402
+from chiploop.training.device import resolve_device  # noqa: E402
 from chiploop.training.methods import make_method  # noqa: E402
 
 
 def build(name: str, args, ds, chip):
     torch.manual_seed(0)
-    cfg = TrainConfig(method=name, batch_size=args.batch_size, bins=args.bins, width=args.width, progress=False)
+    cfg = TrainConfig(method=name, batch_size=args.batch_size, bins=args.bins, width=args.width, device=args.device,
+                      progress=False)  # fmt: skip
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
-    calib = torch.from_numpy(make_batch(ds, np.arange(128), readout).frames)
+    calib = method.tensor(make_batch(ds, np.arange(128), readout).frames)
     method.setup(calib)
     method.start_epoch(0, calib, chip)
     return method
@@ -79,12 +81,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--workers", type=int, default=1, help="local daemon workers")
     p.add_argument("--chip", action="append", default=[], help="daemon address(es); default: a local daemon")
+    p.add_argument("--device", default="auto", help="where torch trains (auto: a CUDA GPU if there is one)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ds = NMNIST(default_data_dir()).preload()
     with open_chip(tuple(args.chip), args.workers) as chip:
         r = measure(args, ds, chip)
-    print(f"batch {args.batch_size}, T={args.bins}, width {args.width:g}, torch threads {args.threads}, "
+    print(f"batch {args.batch_size}, T={args.bins}, width {args.width:g}, torch on {resolve_device(args.device)} "
+          f"with {args.threads} thread(s), "
           f"daemon workers {args.workers}, median of {args.iterations} interleaved iterations")
     print(f"bptt      {r['bptt']:.3f} s/it (mean {r['bptt_mean']:.3f})")
     print(f"cil-bptt  {r['cil']:.3f} s/it (mean {r['cil_mean']:.3f}); waiting for the chip after the "
