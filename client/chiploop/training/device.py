@@ -19,7 +19,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
     On CUDA, TF32 is switched off: the QAT forward must sum its integer-valued
     products exactly, as the chip does, and TF32 keeps only 10 mantissa bits of
-    each operand.
+    each operand. cuDNN is asked for its deterministic convolutions, so that a
+    seeded run repeats as closely as CUDA allows (as on the CPU, where it repeats
+    exactly).
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,6 +36,8 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise InvalidArgument("device", f"{name!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     elif device.type != "cpu":
         raise InvalidArgument("device", f"must be auto, cpu or cuda[:N], got {name!r}")
     return device
