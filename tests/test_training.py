@@ -12,7 +12,7 @@ from chiploop.data import default_data_dir
 from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import TrainConfig
-from chiploop.training.experiment import run_experiment, run_seeds
+from chiploop.training.experiment import plan, run_experiment, run_seeds
 from chiploop.training.trainer import load_checkpoint, train
 
 DATA = default_data_dir()
@@ -78,3 +78,28 @@ def test_experiment_over_seeds_reports_means_and_cil_margins(tmp_path, daemon):
     assert chip["bptt"]["chip"] == pytest.approx([100 * by_seed[s]["bptt"].final.chip for s in (0, 1)])
     table = (tmp_path / "seeds" / "seeds.md").read_text()
     assert "| cil-bptt |" in table and "cil-bptt minus bptt" in table
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"max_train": 0}, "max_train"),
+        ({"max_val": 0}, "max_val"),
+        ({"calibration_samples": 0}, "calibration_samples"),
+        ({"pretrain_epochs": -1}, "pretrain_epochs"),
+        ({"substitute_hidden": (2, 5)}, "substitute_hidden[1]"),
+        ({"method": "bptt", "substitute_hidden": (2,)}, "substitute_hidden"),
+        ({"init_target": 0.0}, "init_target"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(changes, field):
+    with pytest.raises(InvalidArgument) as err:
+        replace(TrainConfig(method="cil-bptt"), **changes).check()
+    assert err.value.field == field
+
+
+def test_experiment_refuses_unknown_methods_and_gives_hidden_substitution_to_cil_bptt_only(tmp_path):
+    with pytest.raises(InvalidArgument, match="unknown bpt"):
+        run_experiment(TrainConfig(out=str(tmp_path)), ["bpt"])
+    configs = plan(replace(TrainConfig(out=str(tmp_path)), substitute_hidden=(2,)), ["bptt", "cil-bptt"], 5)
+    assert configs["bptt"].substitute_hidden == () and configs["cil-bptt"].substitute_hidden == (2,)

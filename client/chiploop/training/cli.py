@@ -51,8 +51,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _int_list(name: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InvalidArgument(name, f"must be comma-separated integers, got {text!r}") from None
+
+
 def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
-    hidden = tuple(int(v) for v in args.substitute_hidden.split(",") if v.strip())
+    hidden = _int_list("substitute_hidden", args.substitute_hidden)
     cfg = TrainConfig(
         data=args.data,
         tonic=args.tonic,
@@ -126,10 +133,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         cfg.extra["epochs"] = {m: args.epochs for m in METHOD_NAMES}
     if args.seeds:
-        try:
-            seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
-        except ValueError:
-            raise InvalidArgument("seeds", f"must be comma-separated integers, got {args.seeds!r}") from None
+        seeds = list(_int_list("seeds", args.seeds))
         run_seeds(cfg, methods, seeds, budget_min=args.budget)
         report = os.path.join(args.out, "seeds.md")
     else:

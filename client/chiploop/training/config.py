@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from chiploop.architectures import NMNIST_PAPER
 from chiploop.errors import InvalidArgument
 
 METHOD_NAMES: tuple[str, ...] = ("cnn", "cnn-qat", "bptt", "cil-bptt", "cil-ann")
@@ -51,10 +52,25 @@ class TrainConfig:
     def check(self) -> TrainConfig:
         if self.method not in METHOD_NAMES:
             raise InvalidArgument("method", f"must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
-        positive = ("epochs", "batch_size", "bins", "duration_us", "chip_workers", "torch_threads")
+        positive = ("epochs", "batch_size", "bins", "duration_us", "chip_workers", "torch_threads", "calibration_samples")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise InvalidArgument(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("max_train", "max_val"):  # None: all of the split
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise InvalidArgument(name, f"must be >= 1 (or unset: the whole split), got {getattr(self, name)}")
+        if self.pretrain_epochs < 0:
+            raise InvalidArgument("pretrain_epochs", f"must be >= 0, got {self.pretrain_epochs}")
+        hidden_layers = range(len(NMNIST_PAPER.stages) - 1)
+        for i, layer in enumerate(self.substitute_hidden):
+            if layer not in hidden_layers:
+                raise InvalidArgument(
+                    f"substitute_hidden[{i}]", f"must be a hidden layer, {hidden_layers[0]}..{hidden_layers[-1]}, got {layer}"
+                )
+        if self.substitute_hidden and self.method != "cil-bptt":
+            raise InvalidArgument("substitute_hidden", f"only cil-bptt substitutes hidden layers, not {self.method}")
+        if self.init_target <= 0:
+            raise InvalidArgument("init_target", f"must be > 0, got {self.init_target}")
         if not 0.0 < self.val_fraction < 1.0:
             raise InvalidArgument("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         if self.neuron not in ("iaf", "leaky"):

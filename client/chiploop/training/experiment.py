@@ -57,6 +57,7 @@ def plan(base: TrainConfig, methods: list[str], budget_min: float) -> dict[str, 
             epochs=base.extra.get("epochs", {}).get(m, DEFAULT_EPOCHS[m]),
             out=str(Path(base.out) / m),
             time_limit_s=share,
+            substitute_hidden=base.substitute_hidden if m == "cil-bptt" else (),  # only cil-bptt has them
         )
     return configs
 
@@ -113,11 +114,14 @@ def write_table(out: Path, results: dict[str, TrainResult], note: str) -> None:
 
 def run_experiment(base: TrainConfig, methods: list[str] | None = None, budget_min: float = 25.0) -> dict[str, TrainResult]:
     methods = list(methods or METHOD_NAMES)
-    for m in methods:
-        replace(base, method=m).check()
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        raise InvalidArgument("methods", f"unknown {', '.join(unknown)}; known: {', '.join(METHOD_NAMES)}")
+    configs = plan(base, methods, budget_min)
+    for cfg in configs.values():
+        cfg.check()
     out = Path(base.out)
     out.mkdir(parents=True, exist_ok=True)
-    configs = plan(base, methods, budget_min)
     results: dict[str, TrainResult] = {}
     started = time.perf_counter()
     with open_chip(base.chip, base.chip_workers) as chip:
