@@ -103,3 +103,16 @@ def test_experiment_refuses_unknown_methods_and_gives_hidden_substitution_to_cil
         run_experiment(TrainConfig(out=str(tmp_path)), ["bpt"])
     configs = plan(replace(TrainConfig(out=str(tmp_path)), substitute_hidden=(2,)), ["bptt", "cil-bptt"], 5)
     assert configs["bptt"].substitute_hidden == () and configs["cil-bptt"].substitute_hidden == (2,)
+
+
+def test_missing_or_foreign_checkpoints_are_refused(tmp_path):
+    with pytest.raises(InvalidArgument, match="no such file"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(InvalidArgument, match="not a torch checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(InvalidArgument, match="not a chiploop training checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(InvalidArgument, match="budget"):
+        run_experiment(TrainConfig(out=str(tmp_path)), ["bptt"], budget_min=0)

@@ -113,6 +113,8 @@ def write_table(out: Path, results: dict[str, TrainResult], note: str) -> None:
 
 
 def run_experiment(base: TrainConfig, methods: list[str] | None = None, budget_min: float = 25.0) -> dict[str, TrainResult]:
+    if not budget_min > 0:
+        raise InvalidArgument("budget", f"must be > 0 minutes, got {budget_min}")
     methods = list(methods or METHOD_NAMES)
     unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown:

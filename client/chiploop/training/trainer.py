@@ -108,7 +108,18 @@ def _save_checkpoint(path: Path, cfg: TrainConfig, epoch: int, method: Method, h
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """A checkpoint ``train`` wrote (on any device; loaded onto the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgument("checkpoint", f"no such file: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many kinds for a file that is not its own
+        raise InvalidArgument("checkpoint", f"{path} is not a torch checkpoint ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("config", "epoch", "method", "history") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise InvalidArgument("checkpoint", f"{path} is not a chiploop training checkpoint (no {', '.join(missing)})")
+    return ckpt
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
