@@ -90,6 +90,7 @@ def test_experiment_over_seeds_reports_means_and_cil_margins(tmp_path, daemon):
         ({"substitute_hidden": (2, 5)}, "substitute_hidden[1]"),
         ({"method": "bptt", "substitute_hidden": (2,)}, "substitute_hidden"),
         ({"init_target": 0.0}, "init_target"),
+        ({"surrogate_width": 0.0}, "surrogate_width"),
     ],
 )
 def test_bad_settings_are_refused_by_name(changes, field):

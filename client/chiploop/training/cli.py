@@ -38,6 +38,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, default=_DEFAULTS.width, help="hidden channel multiplier (1: the paper's net)")
     p.add_argument("--neuron", choices=("iaf", "leaky"), default=_DEFAULTS.neuron)
     p.add_argument("--theta-low", type=float, default=_DEFAULTS.theta_low, help="hidden threshold_low, in thresholds")
+    p.add_argument("--surrogate-width", type=float, default=_DEFAULTS.surrogate_width,
+                   help="width of the surrogate gradient around the threshold, in thresholds")
     p.add_argument("--init-target", type=float, default=_DEFAULTS.init_target,
                    help="data init: 99th-percentile input current per bin, in thresholds")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=_DEFAULTS.lr_schedule)
@@ -78,6 +80,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         width=args.width,
         neuron=args.neuron,
         theta_low=args.theta_low,
+        surrogate_width=args.surrogate_width,
         init_target=args.init_target,
         lr_schedule=args.lr_schedule,
         scale_mode=args.scale_mode,

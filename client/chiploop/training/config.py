@@ -33,6 +33,7 @@ class TrainConfig:
     width: float = 1.0  # channel multiplier of the hidden layers (1.0: the paper's network)
     neuron: str = "iaf"  # iaf | leaky
     theta_low: float = -1.0  # hidden layers' threshold_low, in thresholds
+    surrogate_width: float = 0.5  # width of the periodic exponential surrogate, in thresholds
     augment: bool = False
     shift: int = 2
     drop: float = 0.1
@@ -69,6 +70,8 @@ class TrainConfig:
                 )
         if self.substitute_hidden and self.method != "cil-bptt":
             raise InvalidArgument("substitute_hidden", f"only cil-bptt substitutes hidden layers, not {self.method}")
+        if not self.surrogate_width > 0:
+            raise InvalidArgument("surrogate_width", f"must be > 0, got {self.surrogate_width}")
         if self.init_target <= 0:
             raise InvalidArgument("init_target", f"must be > 0, got {self.init_target}")
         if not 0.0 < self.val_fraction < 1.0:

@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from chiploop.architectures import NMNIST_PAPER
 from chiploop.data.loader import Batch
 from chiploop.export import Balance, ann_to_snn, balance, export_spec, updated_weights
-from chiploop.models import ANNTwin, SpikingCNN, data_init, leak_ticks, scaled_architecture
+from chiploop.models import (
+    ANNTwin,
+    PeriodicExponential,
+    SpikingCNN,
+    data_init,
+    leak_ticks,
+    scaled_architecture,
+)
 from chiploop.run import Readout
 from chiploop.training.chip import Chip
 from chiploop.training.config import TrainConfig
@@ -122,7 +129,9 @@ class BPTT(Method):
 
     def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
         super().__init__(cfg, readout)
-        self.model = SpikingCNN(self.arch, neuron=cfg.neuron, theta_low=cfg.theta_low).to(self.device)  # type: ignore[arg-type]
+        surrogate = PeriodicExponential(grad_width=cfg.surrogate_width)
+        self.model = SpikingCNN(self.arch, neuron=cfg.neuron, theta_low=cfg.theta_low, surrogate=surrogate)  # type: ignore[arg-type]
+        self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
 
     def setup(self, calibration: torch.Tensor) -> None:
