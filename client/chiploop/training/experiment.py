@@ -160,19 +160,27 @@ def run_seeds(
     return by_seed
 
 
-def _mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ± {sd:.1f}"
+def _mean_sd(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    sd = statistics.stdev(known) if len(known) > 1 else 0.0
+    return f"{statistics.fmean(known):.1f} ± {sd:.1f}"
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def write_seed_table(out: Path, by_seed: dict[int, dict[str, TrainResult]]) -> None:
     seeds = list(by_seed)
     methods = list(next(iter(by_seed.values())))
-    pct = {  # method -> column -> one value per seed, in percent / points
+    finals = {m: [by_seed[s][m].final for s in seeds] for m in methods}
+    pct = {  # method -> column -> one value per seed, in percent / points (None: not measured on a chip)
         m: {
-            "software": [100 * by_seed[s][m].final.software for s in seeds],
-            "chip": [100 * (by_seed[s][m].final.chip or 0.0) for s in seeds],
-            "degradation": [by_seed[s][m].final.degradation or 0.0 for s in seeds],
+            "software": [100 * f.software for f in finals[m]],
+            "chip": [None if f.chip is None else 100 * f.chip for f in finals[m]],
+            "degradation": [f.degradation for f in finals[m]],
         }
         for m in methods
     }
@@ -180,11 +188,11 @@ def write_seed_table(out: Path, by_seed: dict[int, dict[str, TrainResult]]) -> N
               "chip (mean ± sd)", "degradation (mean ± sd)"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
-        cells = [f"{a:.1f} / {b:.1f}" for a, b in zip(pct[m]["software"], pct[m]["chip"], strict=True)]
+        cells = [f"{_cell(a)} / {_cell(b)}" for a, b in zip(pct[m]["software"], pct[m]["chip"], strict=True)]
         lines.append("| " + " | ".join([m, *cells, *(_mean_sd(pct[m][k]) for k in ("software", "chip", "degradation"))]) + " |")
     margins = {}
     for cil, twin in CIL_PAIRS:
-        if cil in pct and twin in pct:
+        if cil in pct and twin in pct and None not in pct[cil]["chip"] + pct[twin]["chip"]:
             diff = [a - b for a, b in zip(pct[cil]["chip"], pct[twin]["chip"], strict=True)]
             margins[f"{cil} - {twin}"] = diff
             lines.append("")
@@ -193,8 +201,8 @@ def write_seed_table(out: Path, by_seed: dict[int, dict[str, TrainResult]]) -> N
                 + f" points (seeds {', '.join(map(str, seeds))}); mean {statistics.fmean(diff):+.1f}, "
                 f"min {min(diff):+.1f}."
             )
-    n_val = next(iter(by_seed.values()))[methods[0]].final.n
+    n_val = finals[methods[0]][0].n
     lines += ["", f"{len(seeds)} seeds; each seed draws its own validation split of {n_val} samples, "
-              f"its own initialisation and data order. One sample is {100 / n_val:.1f} points."]  # fmt: skip
+              f"its own initialisation and data order. One sample is {100 / max(n_val, 1):.1f} points."]  # fmt: skip
     (out / "seeds.md").write_text("\n".join(lines) + "\n")
     (out / "seeds.json").write_text(json.dumps({"seeds": seeds, "percent": pct, "chip_margins": margins}, indent=2))
