@@ -117,3 +117,15 @@ def test_missing_or_foreign_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(InvalidArgument, match="budget"):
         run_experiment(TrainConfig(out=str(tmp_path)), ["bptt"], budget_min=0)
+
+
+def test_theta_low_none_means_no_hidden_clamp(tmp_path, daemon, capsys):
+    out = tmp_path / "noclamp"
+    args = ["--chip", daemon.address, "--width", "0.25", "--bins", "3", "--batch-size", "32", "--max-train", "32",
+            "--max-val", "20", "--quiet", "--theta-low", "none"]  # fmt: skip
+    assert main(["train", "--method", "bptt", "--epochs", "1", "--out", str(out), *args]) == 0
+    capsys.readouterr()
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["config"]["theta_low"] is None
+    spec = train(replace(TrainConfig.from_dict(ckpt["config"]), resume=True, chip=(daemon.address,))).spec
+    assert all(layer.threshold_low == -32768 for layer in spec.layers)

@@ -37,7 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr)
     p.add_argument("--width", type=float, default=_DEFAULTS.width, help="hidden channel multiplier (1: the paper's net)")
     p.add_argument("--neuron", choices=("iaf", "leaky"), default=_DEFAULTS.neuron)
-    p.add_argument("--theta-low", type=float, default=_DEFAULTS.theta_low, help="hidden threshold_low, in thresholds")
+    p.add_argument("--theta-low", type=float_or_none, default=_DEFAULTS.theta_low,
+                   help="hidden threshold_low, in thresholds; 'none': no clamp (the state's floor, -32768)")
     p.add_argument("--surrogate-width", type=float, default=_DEFAULTS.surrogate_width,
                    help="width of the surrogate gradient around the threshold, in thresholds")
     p.add_argument("--init-target", type=float, default=_DEFAULTS.init_target,
@@ -51,6 +52,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="cil-*: first epochs in software only, then the chip in the loop")
     p.add_argument("--no-chip-eval", action="store_true", help="skip the per-epoch validation on the chip")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def float_or_none(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else float(text)
 
 
 def _int_list(name: str, text: str) -> tuple[int, ...]:
