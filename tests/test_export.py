@@ -35,7 +35,10 @@ def test_default_model_exports_the_paper_network():
         np.testing.assert_array_equal(layer.weights, model.weight_units(i, True).detach().numpy())
         assert (layer.threshold_high, layer.threshold_low) == tuple(int(t) for t in model.thresholds(i, True))
         assert layer.threshold_high == q.threshold_high and layer.leak is None
-    assert spec.layers[5].threshold_low == -32768 and spec.layers[0].threshold_low == -spec.layers[0].threshold_high
+    assert all(layer.threshold_low == -32768 for layer in spec.layers)  # by default no layer clamps
+    clamped = export_spec(SpikingCNN(theta_low=-1.0), bin_us=64_000)
+    assert clamped.layers[5].threshold_low == -32768  # the output layer never clamps
+    assert clamped.layers[0].threshold_low == -clamped.layers[0].threshold_high
 
 
 def test_leaky_export_ticks_once_per_bin_and_a_too_big_model_is_refused():
@@ -47,10 +50,10 @@ def test_leaky_export_ticks_once_per_bin_and_a_too_big_model_is_refused():
 
 
 @needs_data
-@pytest.mark.parametrize("neuron", ["iaf", "leaky"])
+@pytest.mark.parametrize(("neuron", "theta_low"), [("iaf", None), ("iaf", -1.0), ("leaky", -1.0)])
 @pytest.mark.parametrize("where", ["in-process", "daemon"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_quantized_forward_equals_the_simulators_sync_mode(neuron, where, device, request):
+def test_quantized_forward_equals_the_simulators_sync_mode(neuron, theta_low, where, device, request):
     """The torch integer network and the simulator's synchronous counterpart agree bit for bit,
     in process and through the daemon (``Readout(mode="sync")``), trained on the CPU or a GPU."""
     resolve_device(device)  # on CUDA: TF32 off, as training does
@@ -59,7 +62,7 @@ def test_quantized_forward_equals_the_simulators_sync_mode(neuron, where, device
     ro = readout_for(5, 320_000)
     batch = make_batch(ds, np.arange(12), ro)
     frames = torch.from_numpy(batch.frames).to(device)
-    model = SpikingCNN(neuron=neuron).to(device)
+    model = SpikingCNN(neuron=neuron, theta_low=theta_low).to(device)
     data_init(model, frames, target=3.0)
     ticks = leak_ticks(ro.t0_us, ro.bin_us, ro.num_bins, ro.bin_us)
     with torch.no_grad():

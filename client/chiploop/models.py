@@ -177,7 +177,8 @@ class SpikingCNN(_ConvStack):
     Per layer l: float threshold ``theta[l]`` (weight units), quantization scale
     ``scale[l]`` (frozen between calls of ``calibrate_scales``), optional leak
     (leaky neurons). Hidden layers clamp at threshold_low = ``theta_low`` * thr
-    (``theta_low=None``: no clamp, threshold_low = -32768);
+    (default ``theta_low=None``: no clamp, threshold_low = -32768: the chip clamps
+    per event and the binned model per bin, so a clamp is a mismatch between them);
     the output layer does not clamp (threshold_low = -32768) so its membrane keeps
     the whole charge for the readout.
     """
@@ -186,7 +187,7 @@ class SpikingCNN(_ConvStack):
         self,
         arch: Architecture = NMNIST_PAPER,
         neuron: NeuronKind = "iaf",
-        theta_low: float | None = -1.0,
+        theta_low: float | None = None,
         leak_init: float = -0.05,
         surrogate: PeriodicExponential | None = None,
     ) -> None:

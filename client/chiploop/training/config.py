@@ -32,7 +32,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine | constant (per epoch)
     width: float = 1.0  # channel multiplier of the hidden layers (1.0: the paper's network)
     neuron: str = "iaf"  # iaf | leaky
-    theta_low: float | None = -1.0  # hidden layers' threshold_low, in thresholds; None: no clamp (-32768)
+    theta_low: float | None = None  # hidden threshold_low, in thresholds; None: no clamp (-32768)
     surrogate_width: float = 0.5  # width of the periodic exponential surrogate, in thresholds
     augment: bool = False
     shift: int = 2
