@@ -213,8 +213,9 @@ def test_a_network_over_a_chip_limit_is_refused_naming_layer_limit_and_value(sim
 # ------------------------------------------------------------------ scheduler
 
 
-def _blocker():
-    """A payload that holds the worker until released, so that a test controls the queue."""
+def _held_scheduler(device, **options):
+    """A scheduler whose worker is held by a running job until ``release`` is set, so that
+    a test controls the queue. Returns (scheduler, the running job's future, release)."""
     started, release = threading.Event(), threading.Event()
 
     def payload(device):
@@ -222,14 +223,14 @@ def _blocker():
         release.wait(10)
         return "blocker"
 
-    return payload, started, release
+    scheduler = Scheduler(device, **options)
+    running = scheduler.submit(Job("run", "a", payload))
+    started.wait(5)
+    return scheduler, running, release
 
 
 def test_scheduler_runs_jobs_in_fifo_order_on_one_thread(sim_device):
-    scheduler = Scheduler(sim_device)
-    payload, started, release = _blocker()
-    scheduler.submit(Job("run", "a", payload))
-    started.wait(5)
+    scheduler, _, release = _held_scheduler(sim_device)
     order, threads = [], set()
 
     def record(i):
@@ -249,10 +250,7 @@ def test_scheduler_runs_jobs_in_fifo_order_on_one_thread(sim_device):
 
 
 def test_a_full_queue_is_refused_with_resource_exhausted(sim_device):
-    scheduler = Scheduler(sim_device, max_queue=2)
-    payload, started, release = _blocker()
-    scheduler.submit(Job("run", "a", payload))
-    started.wait(5)
+    scheduler, _, release = _held_scheduler(sim_device, max_queue=2)
     scheduler.submit(Job("run", "a", lambda d: 1))
     scheduler.submit(Job("run", "a", lambda d: 2))
     with pytest.raises(ResourceExhausted, match="queue is full"):
@@ -262,10 +260,7 @@ def test_a_full_queue_is_refused_with_resource_exhausted(sim_device):
 
 
 def test_a_job_whose_deadline_passed_in_the_queue_is_answered_without_running(sim_device):
-    scheduler = Scheduler(sim_device)
-    payload, started, release = _blocker()
-    scheduler.submit(Job("run", "a", payload))
-    started.wait(5)
+    scheduler, _, release = _held_scheduler(sim_device)
     ran = []
     late = scheduler.submit(Job("run", "a", lambda d: ran.append(1), deadline=time.monotonic() + 0.05))
     time.sleep(0.1)
@@ -277,10 +272,7 @@ def test_a_job_whose_deadline_passed_in_the_queue_is_answered_without_running(si
 
 
 def test_cancelled_jobs_are_skipped_and_failures_reach_the_caller(sim_device):
-    scheduler = Scheduler(sim_device)
-    payload, started, release = _blocker()
-    scheduler.submit(Job("run", "a", payload))
-    started.wait(5)
+    scheduler, _, release = _held_scheduler(sim_device)
     ran = []
     cancelled = scheduler.submit(Job("run", "a", lambda d: ran.append(1)))
     assert cancelled.cancel()
@@ -297,10 +289,7 @@ def test_cancelled_jobs_are_skipped_and_failures_reach_the_caller(sim_device):
 
 
 def test_stopping_fails_the_queued_jobs_and_refuses_new_ones(sim_device):
-    scheduler = Scheduler(sim_device)
-    payload, started, release = _blocker()
-    running = scheduler.submit(Job("run", "a", payload))
-    started.wait(5)
+    scheduler, running, release = _held_scheduler(sim_device)
     queued = scheduler.submit(Job("run", "a", lambda d: 1))
     threading.Timer(0.1, release.set).start()
     scheduler.stop(timeout=5)
