@@ -52,6 +52,15 @@ def pack(layer, c, y, x):
     return ((np.int64(layer) * 2048 + c) * 128 + y) * 128 + x
 
 
+@njit(cache=True, nogil=True, inline="always")
+def receptive_range(a, k, s, size):
+    """The output positions o (0 <= o < size) whose receptive field holds padded input
+    position a along one axis: 0 <= a - o*s < k. Returns (lo, hi); empty when lo > hi."""
+    if s == 1:  # no division at stride 1, the common case
+        return max(np.int64(0), a - k + 1), min(size - 1, a)
+    return max(np.int64(0), -((k - 1 - a) // s)), min(size - 1, a // s)
+
+
 @njit(cache=True, nogil=True)
 def _grow(a, need):
     if need <= a.shape[0]:
@@ -134,19 +143,8 @@ def event_update(meta, weights, state, layer, c, y, x, flags, spk_k, spk_y, spk_
     ky, kx, sy, sx = meta[layer, KY], meta[layer, KX], meta[layer, SY], meta[layer, SX]
     ay = y + meta[layer, PY]
     ax = x + meta[layer, PX]
-    # Output rows whose receptive field holds y: 0 <= ay - oy*sy < ky (no division at stride 1).
-    if sy == 1:
-        oy_lo = max(np.int64(0), ay - ky + 1)
-        oy_hi = min(h - 1, ay)
-    else:
-        oy_lo = max(np.int64(0), -((ky - 1 - ay) // sy))
-        oy_hi = min(h - 1, ay // sy)
-    if sx == 1:
-        ox_lo = max(np.int64(0), ax - kx + 1)
-        ox_hi = min(w - 1, ax)
-    else:
-        ox_lo = max(np.int64(0), -((kx - 1 - ax) // sx))
-        ox_hi = min(w - 1, ax // sx)
+    oy_lo, oy_hi = receptive_range(ay, ky, sy, h)
+    ox_lo, ox_hi = receptive_range(ax, kx, sx, w)
     if oy_lo > oy_hi or ox_lo > ox_hi:
         return 0, 0
     nox = ox_hi - ox_lo + 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from chiploop_server.sim.kernel_async import _grow, pack
+from chiploop_server.sim.kernel_async import _grow, pack, receptive_range
 from chiploop_server.sim.network import (
     DEST0,
     HAS_LEAK,
@@ -82,10 +82,8 @@ def _accumulate(meta, weights, frame, layer, acc):
                     continue
                 ay = y + pad_y
                 ax = x + pad_x
-                oy_lo = max(np.int64(0), -((ky - 1 - ay) // sy))
-                oy_hi = min(h - 1, ay // sy)
-                ox_lo = max(np.int64(0), -((kx - 1 - ax) // sx))
-                ox_hi = min(w - 1, ax // sx)
+                oy_lo, oy_hi = receptive_range(ay, ky, sy, h)
+                ox_lo, ox_hi = receptive_range(ax, kx, sx, w)
                 if oy_lo > oy_hi or ox_lo > ox_hi:
                     continue
                 synops += n * (oy_hi - oy_lo + 1) * (ox_hi - ox_lo + 1) * f
