@@ -66,6 +66,8 @@ def test_tonic_reads_the_same_samples_as_chiploop(tmp_path):
             j = position[f.name]
             assert via_tonic.labels[i] == direct.labels[j]
             np.testing.assert_array_equal(via_tonic.events(i), direct.events(j))
+        with pytest.raises(IndexError):
+            via_tonic.events(len(via_tonic))  # refused as chiploop's reader does, not wrapped around
 
 
 @needs_tonic

@@ -132,29 +132,21 @@ def _resolve_split(root: Path, split: str) -> Path:
     )
 
 
-class NMNIST:
-    """An N-MNIST split: ``ds[i] -> (events, label)``, decoded once and cached in memory.
-
-    ``root`` is a folder in either layout (see the module doc); ``split`` picks
-    ``train``/``test`` below it when the root is not already a split folder.
-    """
+class CachedEvents:
+    """What every N-MNIST source shares: ``files`` and ``labels``, and ``ds[i] -> (events,
+    label)`` with each sample decoded once (``_decode``) and cached in memory, read-only."""
 
     sensor_size = NMNIST_SENSOR_SIZE
     num_classes = NUM_CLASSES
+    files: list[Path]
+    labels: np.ndarray
 
-    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", cache: bool = True) -> None:
-        self.root = Path(root) if root is not None else default_data_dir()
-        if not self.root.is_dir():
-            raise InvalidArgument("data", f"not a folder: {self.root}")
-        self.folder = _resolve_split(self.root, split)
-        if (self.folder / "labels.csv").is_file():
-            self.files, self.labels = _read_labels_csv(self.folder)
-        else:
-            self.files, self.labels = _read_digit_folders(self.folder)
-        if not self.files:
-            raise InvalidArgument("data", f"no samples found in {self.folder}")
+    def __init__(self, cache: bool = True) -> None:
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
+
+    def _decode(self, index: int) -> np.ndarray:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.files)
@@ -171,7 +163,7 @@ class NMNIST:
         cached = self._cache.get(index)
         if cached is not None:
             return cached
-        events = read_nmnist_bin(self.files[index])
+        events = self._decode(index)
         if self.cache:
             events.flags.writeable = False  # shared by every caller: nobody may edit the cache
             self._cache[index] = events
@@ -180,8 +172,32 @@ class NMNIST:
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         return self.events(index), int(self.labels[int(index)])
 
-    def preload(self) -> NMNIST:
+    def preload(self) -> CachedEvents:
         """Decode every sample now (a second pass is then free)."""
         for i in range(len(self)):
             self.events(i)
         return self
+
+
+class NMNIST(CachedEvents):
+    """An N-MNIST split read with ``read_nmnist_bin``, decoded once and cached in memory.
+
+    ``root`` is a folder in either layout (see the module doc); ``split`` picks
+    ``train``/``test`` below it when the root is not already a split folder.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", cache: bool = True) -> None:
+        super().__init__(cache)
+        self.root = Path(root) if root is not None else default_data_dir()
+        if not self.root.is_dir():
+            raise InvalidArgument("data", f"not a folder: {self.root}")
+        self.folder = _resolve_split(self.root, split)
+        if (self.folder / "labels.csv").is_file():
+            self.files, self.labels = _read_labels_csv(self.folder)
+        else:
+            self.files, self.labels = _read_digit_folders(self.folder)
+        if not self.files:
+            raise InvalidArgument("data", f"no samples found in {self.folder}")
+
+    def _decode(self, index: int) -> np.ndarray:
+        return read_nmnist_bin(self.files[index])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chiploop.data.nmnist import NMNIST_SENSOR_SIZE, NUM_CLASSES
+from chiploop.data.nmnist import CachedEvents
 from chiploop.errors import BackendUnavailable, InvalidArgument
 from chiploop.events import DVS_EVENT_DTYPE
 
@@ -51,18 +51,16 @@ def _offline_nmnist_class(tonic):  # noqa: ANN001, ANN202 - tonic is imported la
     return NMNIST
 
 
-class TonicNMNIST:
-    """``tonic.datasets.NMNIST(save_to=root, train=...)`` with the same interface as
-    ``chiploop.data.NMNIST`` (``events(i)``, ``labels``, ``ds[i]``), cached in memory."""
-
-    sensor_size = NMNIST_SENSOR_SIZE
-    num_classes = NUM_CLASSES
+class TonicNMNIST(CachedEvents):
+    """``tonic.datasets.NMNIST(save_to=root, train=...)`` with the interface of
+    ``chiploop.data.NMNIST`` (``events(i)``, ``labels``, ``files``, ``ds[i]``), cached in memory."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
         if not tonic_available():
             raise BackendUnavailable("the tonic route needs tonic: pip install 'chiploop[tonic]'")
         import tonic  # noqa: PLC0415 - optional dependency, imported only on this route
 
+        super().__init__()
         self.root = Path(root)
         folder = self.root / "NMNIST" / ("Train" if split == "train" else "Test")
         if not folder.is_dir():
@@ -72,18 +70,6 @@ class TonicNMNIST:
         self._ds = _offline_nmnist_class(tonic)(save_to=str(self.root), train=split == "train")
         self.files = [Path(f) for f in self._ds.data]  # tonic's order: lexicographic per digit
         self.labels = np.asarray([int(t) for t in self._ds.targets], np.int64)
-        self._cache: dict[int, np.ndarray] = {}
 
-    def __len__(self) -> int:
-        return len(self._ds)
-
-    def events(self, index: int) -> np.ndarray:
-        index = int(index) % len(self)
-        if index not in self._cache:
-            ev = to_dvs_events(self._ds[index][0])
-            ev.flags.writeable = False
-            self._cache[index] = ev
-        return self._cache[index]
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return self.events(index), int(self.labels[int(index) % len(self)])
+    def _decode(self, index: int) -> np.ndarray:
+        return to_dvs_events(self._ds[index][0])
