@@ -10,6 +10,7 @@ JSON and PNG, with the chip-accuracy curves of all methods.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import statistics
@@ -18,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from chiploop.errors import InvalidArgument
-from chiploop.training.chip import open_chip
+from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 from chiploop.training.trainer import TrainResult, train
 
@@ -112,7 +113,10 @@ def write_table(out: Path, results: dict[str, TrainResult], note: str) -> None:
     weights_by_method({n: r.spec for n, r in results.items()}, out / "weights_by_method.png")
 
 
-def run_experiment(base: TrainConfig, methods: list[str] | None = None, budget_min: float = 25.0) -> dict[str, TrainResult]:
+def run_experiment(
+    base: TrainConfig, methods: list[str] | None = None, budget_min: float = 25.0, chip: Chip | None = None
+) -> dict[str, TrainResult]:
+    """Every method on one chip: ``chip`` if given (left open), else one opened from ``base.chip``."""
     if not budget_min > 0:
         raise InvalidArgument("budget", f"must be > 0 minutes, got {budget_min}")
     methods = list(methods or METHOD_NAMES)
@@ -126,7 +130,9 @@ def run_experiment(base: TrainConfig, methods: list[str] | None = None, budget_m
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, TrainResult] = {}
     started = time.perf_counter()
-    with open_chip(base.chip, base.chip_workers) as chip:
+    with contextlib.ExitStack() as stack:
+        if chip is None:
+            chip = stack.enter_context(open_chip(base.chip, base.chip_workers))
         for m in methods:
             results[m] = train(configs[m], chip=chip)
             write_table(out, results, _note(base, budget_min, time.perf_counter() - started))
@@ -154,9 +160,11 @@ def run_seeds(
         raise InvalidArgument("seeds", "give at least one seed")
     out = Path(base.out)
     by_seed: dict[int, dict[str, TrainResult]] = {}
-    for seed in seeds:
-        by_seed[seed] = run_experiment(replace(base, seed=seed, out=str(out / f"seed{seed}")), methods, budget_min)
-        write_seed_table(out, by_seed)
+    with open_chip(base.chip, base.chip_workers) as chip:  # one daemon for every seed
+        for seed in seeds:
+            seed_cfg = replace(base, seed=seed, out=str(out / f"seed{seed}"))
+            by_seed[seed] = run_experiment(seed_cfg, methods, budget_min, chip=chip)
+            write_seed_table(out, by_seed)
     return by_seed
 
 
