@@ -126,6 +126,16 @@ class PeriodicExponential:
 # ---------------------------------------------------------------- the spiking CNN
 
 
+def readout_score(spikes: torch.Tensor, v_mem: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The readout everywhere (software, chip, loss): [B, K] total spikes plus the last
+    membrane in threshold units, from per-bin spikes and membranes [B, T, K].
+
+    For the output layer (subtract reset, no low clamp) score * thr is the total
+    charge it received, so the readout is exact, not rounded to whole spikes.
+    """
+    return spikes.sum(1) + v_mem[:, -1] / threshold
+
+
 @dataclass
 class SNNOutput:
     """What a forward pass of the spiking CNN gives (integer units)."""
@@ -137,12 +147,8 @@ class SNNOutput:
 
     @property
     def score(self) -> torch.Tensor:
-        """[B, K] readout: total spikes plus the last membrane in threshold units.
-
-        For the output layer (subtract reset, no low clamp) score * thr is the
-        total charge it received, so the readout is exact, not rounded to whole spikes.
-        """
-        return self.spikes.sum(1) + self.v_mem[:, -1] / self.threshold
+        """[B, K] ``readout_score`` of this pass."""
+        return readout_score(self.spikes, self.v_mem, self.threshold)
 
 
 class _ConvStack(nn.Module):

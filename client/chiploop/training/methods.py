@@ -34,13 +34,14 @@ from chiploop.models import (
     SpikingCNN,
     data_init,
     leak_ticks,
+    readout_score,
     scaled_architecture,
 )
 from chiploop.run import Readout
 from chiploop.training.chip import Chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.device import resolve_device
-from chiploop.training.substitute import align_to_logits, chip_outputs, straight_through
+from chiploop.training.substitute import align_to_logits, chip_outputs, chip_score, straight_through
 
 
 @dataclass
@@ -223,7 +224,7 @@ class CILBPTT(BPTT):
         spikes_chip, v_chip = chip_outputs(result, self.model.num_layers - 1)
         spikes = straight_through(out.spikes, spikes_chip)
         v_mem = straight_through(out.v_mem, v_chip)
-        score = spikes.sum(1) + v_mem[:, -1] / out.threshold
+        score = readout_score(spikes, v_mem, out.threshold)
         return F.cross_entropy(score, self.tensor(batch.labels)), score.detach(), waited
 
     def after_step(self, chip: Chip | None) -> None:
@@ -351,9 +352,8 @@ class CILANN(CNNQAT):
         result = pending.result()
         waited = time.perf_counter() - t
         snn = self.snn()
-        spikes, v_mem = chip_outputs(result, snn.num_layers - 1)
         out_thr = snn.thresholds(snn.num_layers - 1, quantized=True)[0]
-        score = spikes.sum(1) + v_mem[:, -1] / out_thr
+        score = chip_score(result, snn.num_layers - 1, out_thr)
         chip_logits = align_to_logits(score, self.balance.logit_per_unit)
         return straight_through(logits, chip_logits), logits, waited
 

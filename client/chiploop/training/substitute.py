@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from chiploop.models import readout_score
 from chiploop.run import RunResult
 
 
@@ -32,8 +33,7 @@ def chip_outputs(result: RunResult, layer: int) -> tuple[torch.Tensor, torch.Ten
 
 def chip_score(result: RunResult, layer: int, threshold: float) -> np.ndarray:
     """The readout used everywhere: total spikes + last membrane / threshold, [n, K]."""
-    spikes, membranes = chip_outputs(result, layer)
-    return (spikes.sum(1) + membranes[:, -1] / threshold).numpy()
+    return readout_score(*chip_outputs(result, layer), threshold).numpy()
 
 
 def align_to_logits(score: torch.Tensor | np.ndarray, logit_per_unit: float) -> torch.Tensor:
