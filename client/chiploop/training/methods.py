@@ -58,6 +58,7 @@ class Method:
     name = ""
     chip_in_loop = False
 
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
     def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
@@ -77,8 +78,23 @@ class Method:
     def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         raise NotImplementedError
 
-    def step(self, batch: Batch, chip: Chip | None) -> StepResult:
+    def loss_and_score(self, batch: Batch, chip: Chip | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(loss, the [B, K] scores it was computed on, seconds waited for the chip)."""
         raise NotImplementedError
+
+    def step(self, batch: Batch, chip: Chip | None) -> StepResult:
+        """One optimiser step on the batch, then ``after_step`` (a chip-in-loop method pushes its weights)."""
+        self.model.train()
+        loss, score, waited = self.loss_and_score(batch, chip)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.after_step(chip)
+        correct = int((score.detach().argmax(1).cpu().numpy() == batch.labels).sum())
+        return StepResult(loss.item(), correct, len(batch), waited)
+
+    def after_step(self, chip: Chip | None) -> None:
+        pass
 
     def set_learning_rate(self, epoch: int) -> float:
         """Cosine decay over the run's epochs (stateless: a resumed run gets the same rate)."""
@@ -149,22 +165,9 @@ class BPTT(Method):
     def software_scores(self, frames: torch.Tensor) -> torch.Tensor:
         return self.model(frames, quantized=True, ticks=self.ticks).score
 
-    def loss_and_score(self, batch: Batch, chip_run=None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def loss_and_score(self, batch: Batch, chip: Chip | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
         out = self.model(self.tensor(batch.frames), quantized=True, ticks=self.ticks)
         return F.cross_entropy(out.score, self.tensor(batch.labels)), out.score, 0.0
-
-    def step(self, batch: Batch, chip: Chip | None) -> StepResult:
-        self.model.train()
-        loss, score, waited = self.loss_and_score(batch, chip)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.after_step(chip)
-        correct = int((score.argmax(1).cpu().numpy() == batch.labels).sum())
-        return StepResult(loss.item(), correct, len(batch), waited)
-
-    def after_step(self, chip: Chip | None) -> None:
-        pass
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -202,7 +205,7 @@ class CILBPTT(BPTT):
         # New scales change the int thresholds: a full deploy (weights alone go incrementally).
         chip.deploy(export_spec(self.model, self.readout.bin_us, monitor=tuple(self.cfg.substitute_hidden)))
 
-    def loss_and_score(self, batch: Batch, chip=None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def loss_and_score(self, batch: Batch, chip: Chip | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
         if not self.in_loop:
             return super().loss_and_score(batch, chip)
         assert chip is not None, "cil-bptt needs a chip"
@@ -279,19 +282,9 @@ class CNN(Method):
         logits = self.model(self.tensor(batch.frames), qat=self.qat)
         return logits, logits, 0.0
 
-    def step(self, batch: Batch, chip: Chip | None) -> StepResult:
-        self.model.train()
+    def loss_and_score(self, batch: Batch, chip: Chip | None) -> tuple[torch.Tensor, torch.Tensor, float]:
         used, _, waited = self.logits(batch, chip)
-        loss = F.cross_entropy(used, self.tensor(batch.labels))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.after_step(chip)
-        correct = int((used.detach().argmax(1).cpu().numpy() == batch.labels).sum())
-        return StepResult(loss.item(), correct, len(batch), waited)
-
-    def after_step(self, chip: Chip | None) -> None:
-        pass
+        return F.cross_entropy(used, self.tensor(batch.labels)), used, waited
 
     def state_dict(self) -> dict:
         return {
