@@ -44,6 +44,14 @@ def test_without_tonic_the_route_says_what_to_install(tmp_path):
         TonicNMNIST(tmp_path)
 
 
+def test_the_tonic_route_needs_a_data_folder():
+    from chiploop.training.config import TrainConfig  # noqa: PLC0415 - torch only for this test
+    from chiploop.training.trainer import load_dataset  # noqa: PLC0415
+
+    with pytest.raises(InvalidArgument, match="needs --data"):
+        load_dataset(TrainConfig(tonic=True))
+
+
 @needs_tonic
 def test_missing_folder_is_refused_before_tonic_runs(tmp_path):
     with pytest.raises(InvalidArgument, match="never downloads"):

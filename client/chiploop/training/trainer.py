@@ -53,7 +53,7 @@ def load_dataset(cfg: TrainConfig, split: str = "train") -> EventDataset:
         from chiploop.data.tonic_source import TonicNMNIST  # noqa: PLC0415 - optional route
 
         if cfg.data is None:
-            raise ValueError("the tonic route needs --data (tonic's save_to folder)")
+            raise InvalidArgument("data", "the tonic route needs --data (tonic's save_to folder)")
         return TonicNMNIST(cfg.data, split=split)
     return NMNIST(cfg.data, split=split)
 
