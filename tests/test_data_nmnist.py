@@ -60,6 +60,23 @@ def test_bundled_dataset_counts_ranges_and_labels():
         ev["x"][0] = 1  # the cache is read-only
 
 
+def test_cache_stops_filling_at_its_limit_and_reads_stay_the_same(monkeypatch):
+    full = NMNIST(DATA)
+    small = NMNIST(DATA, cache_gb=40_000 / 2**30)  # room for a few samples of ~50 kB
+    for i in range(20):
+        np.testing.assert_array_equal(small.events(i), full.events(i))
+    assert 0 < small.cached_bytes <= 40_000 and len(small._cache) < 20
+    kept = next(iter(small._cache))
+    dropped = next(i for i in range(20) if i not in small._cache)
+    assert small.events(kept) is small.events(kept) and small.events(dropped) is not small.events(dropped)
+    assert not small.events(dropped).flags.writeable  # uncached samples are read-only too
+    monkeypatch.setenv("CHIPLOOP_CACHE_GB", "0")
+    assert NMNIST(DATA).cache_limit_bytes == 0
+    monkeypatch.setenv("CHIPLOOP_CACHE_GB", "lots")
+    with pytest.raises(InvalidArgument, match="CHIPLOOP_CACHE_GB"):
+        NMNIST(DATA)
+
+
 def test_full_layout_and_bad_files(tmp_path):
     for digit in (3, 7):
         d = tmp_path / "Train" / str(digit)

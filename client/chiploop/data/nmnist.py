@@ -8,7 +8,9 @@ Two layouts are understood:
 - the full N-MNIST one: ``Train/<digit>/<id>.bin`` and ``Test/<digit>/<id>.bin``
   (or a split folder holding the digit folders directly).
 
-Decoded samples are cached in memory (1,000 samples are ~16 MB of events).
+Decoded samples are cached in memory (1,000 samples are ~16 MB of events; the
+60,000 full training samples ~3.2 GB), up to ``$CHIPLOOP_CACHE_GB`` per dataset
+(default 4): past it, samples are decoded again on every read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from chiploop.events import DVS_EVENT_DTYPE
 NMNIST_SENSOR_SIZE: tuple[int, int] = (34, 34)
 NUM_CLASSES = 10
 ENV_DATA_DIR = "CHIPLOOP_NMNIST_DIR"
+ENV_CACHE_GB = "CHIPLOOP_CACHE_GB"
+DEFAULT_CACHE_GB = 4.0
 OVERFLOW_MARKER_Y = 240
 OVERFLOW_INCREMENT_US = 1 << 13
 
@@ -132,17 +136,37 @@ def _resolve_split(root: Path, split: str) -> Path:
     )
 
 
+def _cache_gb(value: float | None) -> float:
+    if value is None:
+        text = os.environ.get(ENV_CACHE_GB, "")
+        try:
+            value = float(text) if text.strip() else DEFAULT_CACHE_GB
+        except ValueError:
+            raise InvalidArgument(ENV_CACHE_GB, f"must be a number of GB, got {text!r}") from None
+    if not value >= 0:
+        raise InvalidArgument("cache_gb", f"must be >= 0, got {value}")
+    return value
+
+
 class CachedEvents:
     """What every N-MNIST source shares: ``files`` and ``labels``, and ``ds[i] -> (events,
-    label)`` with each sample decoded once (``_decode``) and cached in memory, read-only."""
+    label)`` with each sample decoded once (``_decode``) and cached in memory, read-only.
+
+    The cache holds at most ``cache_gb`` (default ``$CHIPLOOP_CACHE_GB``, else 4 GB) of
+    events; samples read after it is full are decoded on every read. Filling once and
+    never evicting is the best a cache can do for the uniformly shuffled epochs training
+    reads (any policy hits in proportion to its size there), and it costs no bookkeeping.
+    """
 
     sensor_size = NMNIST_SENSOR_SIZE
     num_classes = NUM_CLASSES
     files: list[Path]
     labels: np.ndarray
 
-    def __init__(self, cache: bool = True) -> None:
+    def __init__(self, cache: bool = True, cache_gb: float | None = None) -> None:
         self.cache = cache
+        self.cache_limit_bytes = int(_cache_gb(cache_gb) * 2**30)
+        self.cached_bytes = 0
         self._cache: dict[int, np.ndarray] = {}
 
     def _decode(self, index: int) -> np.ndarray:
@@ -164,9 +188,10 @@ class CachedEvents:
         if cached is not None:
             return cached
         events = self._decode(index)
-        if self.cache:
-            events.flags.writeable = False  # shared by every caller: nobody may edit the cache
-            self._cache[index] = events
+        events.flags.writeable = False  # cached or not, a sample reads the same way
+        if self.cache and self.cached_bytes + events.nbytes <= self.cache_limit_bytes:
+            self._cache[index] = events  # shared by every caller: hence read-only
+            self.cached_bytes += events.nbytes
         return events
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
@@ -186,8 +211,11 @@ class NMNIST(CachedEvents):
     ``train``/``test`` below it when the root is not already a split folder.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", cache: bool = True) -> None:
-        super().__init__(cache)
+    def __init__(
+        self, root: str | os.PathLike | None = None, split: str = "train", cache: bool = True,
+        cache_gb: float | None = None,
+    ) -> None:
+        super().__init__(cache, cache_gb)
         self.root = Path(root) if root is not None else default_data_dir()
         if not self.root.is_dir():
             raise InvalidArgument("data", f"not a folder: {self.root}")
