@@ -11,6 +11,7 @@ from chiploop.data import (
     bin_events,
     default_data_dir,
     iterate_batches,
+    num_folds,
     readout_for,
     stratified_split,
     trim_events,
@@ -63,6 +64,22 @@ def test_split_is_stratified_and_deterministic():
     again = stratified_split(labels, 0.2, seed=3)
     np.testing.assert_array_equal(again[1], val)
     assert not np.array_equal(stratified_split(labels, 0.2, seed=4)[1], val)
+
+
+@pytest.mark.parametrize(("fraction", "count"), [(0.2, 5), (0.3, 4), (0.1, 10)])
+def test_folds_validate_every_sample_once_and_fold_0_is_the_plain_split(fraction, count):
+    labels = np.repeat(np.arange(10), [87, 117, 100, 100, 100, 100, 100, 100, 99, 97])
+    folds = [stratified_split(labels, fraction, seed=3, fold=k) for k in range(num_folds(fraction))]
+    assert len(folds) == count
+    everything = np.concatenate([val for _, val in folds])
+    np.testing.assert_array_equal(np.sort(everything), np.arange(len(labels)))  # disjoint, and they cover all
+    for train, val in folds:
+        assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(labels)
+    for a, b in zip(folds[0], stratified_split(labels, fraction, seed=3), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(InvalidArgument) as err:
+        stratified_split(labels, fraction, seed=3, fold=num_folds(fraction))
+    assert err.value.field == "fold"
 
 
 def test_augment_shifts_and_drops_the_events_themselves():

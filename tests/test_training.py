@@ -6,13 +6,15 @@ import csv
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from chiploop.data import default_data_dir
 from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import TrainConfig
-from chiploop.training.experiment import plan, run_experiment, run_seeds
+from chiploop.training.evaluate import EvalResult
+from chiploop.training.experiment import paired_margin, plan, run_experiment, run_folds, run_seeds
 from chiploop.training.trainer import load_checkpoint, train
 
 DATA = default_data_dir()
@@ -80,6 +82,40 @@ def test_experiment_over_seeds_reports_means_and_cil_margins(tmp_path, daemon):
     assert "| cil-bptt |" in table and "cil-bptt minus bptt" in table
 
 
+def test_cross_validation_validates_each_sample_once_and_pools_paired_margins(tmp_path, daemon, capsys):
+    base = TrainConfig(out=str(tmp_path / "cv"), chip=(daemon.address,), val_fraction=0.5, **TINY)
+    base.extra["epochs"] = {"bptt": 1, "cil-bptt": 1}
+    by_fold = run_folds(base, ["bptt", "cil-bptt"], budget_min=5)  # 1 / 0.5 = 2 folds
+    assert list(by_fold) == [0, 1]
+    report = json.loads((tmp_path / "cv" / "folds.json").read_text())
+    finals = {m: [by_fold[k][m].final for k in (0, 1)] for m in ("bptt", "cil-bptt")}
+    n = sum(f.n for f in finals["bptt"])
+    right = {m: sum(int((f.chip_pred == f.labels).sum()) for f in finals[m]) for m in finals}
+    assert report["pooled"]["bptt"]["chip"] == pytest.approx(100 * right["bptt"] / n)
+    paired = report["paired"]["cil-bptt - bptt"]
+    assert paired["samples"] == n
+    assert paired["margin"] == pytest.approx(100 * (right["cil-bptt"] - right["bptt"]) / n)
+    assert paired["only_cil_right"] - paired["only_twin_right"] == right["cil-bptt"] - right["bptt"]
+    assert "Pooled over" in (tmp_path / "cv" / "folds.md").read_text()
+    with pytest.raises(InvalidArgument, match="folds"):
+        run_folds(base, ["bptt"], [2])
+    with pytest.raises(InvalidArgument, match="not both"):
+        main(["experiment", "--seeds", "0,1", "--folds", "all", "--out", str(tmp_path / "x")])
+
+
+def test_paired_margin_counts_the_samples_only_one_model_got_right():
+    labels = np.array([0, 1, 2, 3])
+
+    def result(chip_pred):
+        return EvalResult(4, 1.0, 1.0, 1.0, 0.5, 0.5, labels=labels, chip_pred=np.array(chip_pred))
+
+    p = paired_margin([result([0, 1, 2, 0])], [result([0, 0, 0, 3])])  # 3 right vs 2 right
+    assert (p["only_cil_right"], p["only_twin_right"], p["samples"]) == (2, 1, 4)
+    assert p["margin"] == pytest.approx(25.0)
+    assert p["standard_error"] == pytest.approx(100 * np.std([0, 1, 1, -1], ddof=1) / 2)
+    assert paired_margin([result([0, 1, 2, 0])], [EvalResult(4, 1.0, 1.0, 1.0, None, None)]) is None
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
@@ -91,6 +127,8 @@ def test_experiment_over_seeds_reports_means_and_cil_margins(tmp_path, daemon):
         ({"method": "bptt", "substitute_hidden": (2,)}, "substitute_hidden"),
         ({"init_target": 0.0}, "init_target"),
         ({"surrogate_width": 0.0}, "surrogate_width"),
+        ({"fold": 5}, "fold"),
+        ({"fold": -1}, "fold"),
     ],
 )
 def test_bad_settings_are_refused_by_name(changes, field):

@@ -9,7 +9,7 @@ from chiploop.data.nmnist import (
     default_data_dir,
     read_nmnist_bin,
 )
-from chiploop.data.split import stratified_split
+from chiploop.data.split import num_folds, stratified_split
 
 __all__ = [
     "NMNIST",
@@ -23,6 +23,7 @@ __all__ = [
     "make_batch",
     "read_nmnist_bin",
     "readout_for",
+    "num_folds",
     "stratified_split",
     "trim_events",
 ]

@@ -32,6 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration-ms", type=float, default=_DEFAULTS.duration_us / 1000, help="span the T bins cover")
     p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
     p.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction)
+    p.add_argument("--fold", type=int, default=_DEFAULTS.fold,
+                   help="validate on this block of the seeded split, 0..1/val_fraction-1 (0: the plain split)")
     p.add_argument("--max-train", type=int, default=None, help="use a seeded subset of the training split")
     p.add_argument("--max-val", type=int, default=None, help="use a seeded subset of the validation split")
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr)
@@ -79,6 +81,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         duration_us=int(round(args.duration_ms * 1000)),
         batch_size=args.batch_size,
         val_fraction=args.val_fraction,
+        fold=args.fold,
         max_train=args.max_train,
         max_val=args.max_val,
         lr=args.lr,
@@ -134,16 +137,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
-    from chiploop.training.experiment import run_experiment, run_seeds  # noqa: PLC0415
+    from chiploop.training.experiment import run_experiment, run_folds, run_seeds  # noqa: PLC0415
 
     cfg = _config(args, out=args.out, resume=args.resume)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHOD_NAMES)
     if args.epochs is not None:
         cfg.extra["epochs"] = {m: args.epochs for m in METHOD_NAMES}
+    if args.seeds and args.folds:
+        raise InvalidArgument("folds", "give --seeds or --folds, not both (folds split one --seed)")
     if args.seeds:
         seeds = list(_int_list("seeds", args.seeds))
         run_seeds(cfg, methods, seeds, budget_min=args.budget)
         report = os.path.join(args.out, "seeds.md")
+    elif args.folds:
+        folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
+        run_folds(cfg, methods, folds, budget_min=args.budget)
+        report = os.path.join(args.out, "folds.md")
     else:
         run_experiment(cfg, methods, budget_min=args.budget)
         report = os.path.join(args.out, "table1.md")
@@ -182,6 +191,9 @@ def register(subparsers) -> None:
     p.add_argument("--budget", type=float, default=25.0, help="minutes for all methods together (per seed)")
     p.add_argument("--seeds", default="", help="comma-separated seeds: the whole experiment once per seed, in "
                                                "OUT/seed<k>/, and seeds.md with means, spreads and CIL margins")
+    p.add_argument("--folds", default="", help="'all' or comma-separated folds: k-fold cross-validation of --seed's split "
+                                               "(1/val-fraction folds), each in OUT/fold<k>/, and folds.md with pooled "
+                                               "accuracies and paired CIL margins")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every method (default: the plan's)")
     p.add_argument("--methods", default="", help=f"comma-separated subset of {', '.join(METHOD_NAMES)}")
     p.add_argument("--resume", action="store_true", help="continue each method from its checkpoint")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from chiploop.architectures import NMNIST_PAPER
+from chiploop.data.split import num_folds
 from chiploop.errors import InvalidArgument
 
 METHOD_NAMES: tuple[str, ...] = ("cnn", "cnn-qat", "bptt", "cil-bptt", "cil-ann")
@@ -26,6 +27,7 @@ class TrainConfig:
     bins: int = 5
     duration_us: int = 320_000  # N-MNIST samples last ~300 ms (three saccades)
     val_fraction: float = 0.2
+    fold: int = 0  # which validation block of the seeded split (0..num_folds-1): k-fold cross-validation
     max_train: int | None = None  # subsets, for quick runs and tests
     max_val: int | None = None
     lr: float = 1e-3
@@ -76,6 +78,10 @@ class TrainConfig:
             raise InvalidArgument("init_target", f"must be > 0, got {self.init_target}")
         if not 0.0 < self.val_fraction < 1.0:
             raise InvalidArgument("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.fold < num_folds(self.val_fraction):
+            raise InvalidArgument(
+                "fold", f"must be in 0..{num_folds(self.val_fraction) - 1} for val_fraction {self.val_fraction:g}, got {self.fold}"
+            )
         if self.neuron not in ("iaf", "leaky"):
             raise InvalidArgument("neuron", f"must be 'iaf' or 'leaky', got {self.neuron!r}")
         if self.lr_schedule not in ("cosine", "constant"):

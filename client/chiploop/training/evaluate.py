@@ -3,7 +3,7 @@ integers) and on the chip, on the same samples."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -23,6 +23,12 @@ class EvalResult:
     chip: float | None  # the same integer network on the chip (None: no chip)
     agreement: float | None  # fraction of samples where chip and sync int predict the same class
     chip_synops: float | None = None  # mean synaptic operations per sample on the chip
+    # Per sample, in evaluation order (for paired comparisons of two models on the same samples):
+    labels: np.ndarray | None = field(default=None, repr=False)
+    software_pred: np.ndarray | None = field(default=None, repr=False)
+    chip_pred: np.ndarray | None = field(default=None, repr=False)
+
+    PER_SAMPLE = ("labels", "software_pred", "chip_pred")
 
     @property
     def degradation(self) -> float | None:
@@ -30,7 +36,8 @@ class EvalResult:
         return None if self.chip is None else 100.0 * (self.software - self.chip)
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        """The summary figures (without the per-sample arrays)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.PER_SAMPLE}
         d["degradation"] = self.degradation
         return d
 
@@ -54,6 +61,7 @@ def evaluate(
     hits = {"software": 0, "sync_float": 0, "sync_int": 0, "chip": 0, "agree": 0}
     synops = 0.0
     n = 0
+    per_sample: dict[str, list[np.ndarray]] = {"labels": [], "software_pred": [], "chip_pred": []}
     for batch in iterate_batches(dataset, indices, method.readout, batch_size):
         pending = chip.run_async(batch.events, readout) if chip is not None else None
         frames = method.tensor(batch.frames)
@@ -62,12 +70,16 @@ def evaluate(
         sync_float = snn(frames, quantized=False, ticks=method.ticks).score.argmax(1).cpu().numpy()
         hits["sync_int"] += int((sync_int == labels).sum())
         hits["sync_float"] += int((sync_float == labels).sum())
-        hits["software"] += int((method.software_scores(frames).argmax(1).cpu().numpy() == labels).sum())
+        software = method.software_scores(frames).argmax(1).cpu().numpy()
+        hits["software"] += int((software == labels).sum())
+        per_sample["labels"].append(labels)
+        per_sample["software_pred"].append(software)
         if pending is not None:
             result = pending.result()
             on_chip = chip_score(result, last, threshold).argmax(1)
             hits["chip"] += int((on_chip == labels).sum())
             hits["agree"] += int((on_chip == sync_int).sum())
+            per_sample["chip_pred"].append(on_chip)
             synops += float(result.counter("synops").sum())
         n += len(batch)
     with_chip = chip is not None and n > 0
@@ -79,4 +91,5 @@ def evaluate(
         chip=hits["chip"] / n if with_chip else None,
         agreement=hits["agree"] / n if with_chip else None,
         chip_synops=synops / n if with_chip else None,
+        **{k: np.concatenate(v) if v else None for k, v in per_sample.items()},
     )

@@ -18,9 +18,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+from chiploop.data.split import num_folds
 from chiploop.errors import InvalidArgument
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
+from chiploop.training.evaluate import EvalResult
 from chiploop.training.trainer import TrainResult, train
 
 #: Relative cost of one epoch with its validation (bptt = 1, about 25 s on the bundled data,
@@ -159,13 +163,37 @@ def run_seeds(
     if not seeds:
         raise InvalidArgument("seeds", "give at least one seed")
     out = Path(base.out)
-    by_seed: dict[int, dict[str, TrainResult]] = {}
-    with open_chip(base.chip, base.chip_workers) as chip:  # one daemon for every seed
-        for seed in seeds:
-            seed_cfg = replace(base, seed=seed, out=str(out / f"seed{seed}"))
-            by_seed[seed] = run_experiment(seed_cfg, methods, budget_min, chip=chip)
-            write_seed_table(out, by_seed)
-    return by_seed
+    variants = {s: replace(base, seed=s, out=str(out / f"seed{s}")) for s in seeds}
+    return _run_repeats(out, variants, methods, budget_min, "seed")
+
+
+def run_folds(
+    base: TrainConfig, methods: list[str] | None, folds: list[int] | None = None, budget_min: float = 25.0
+) -> dict[int, dict[str, TrainResult]]:
+    """k-fold cross-validation: the experiment once per validation fold of ``base.seed``'s split
+    (``None``: all ``1/val_fraction`` of them, so every sample is validated exactly once), each in
+    ``out/fold<k>/``, then ``folds.md``/``folds.json``, as for seeds plus the accuracies and CIL
+    margins pooled over every validated sample, with the margin's standard error."""
+    count = num_folds(base.val_fraction)
+    folds = list(range(count)) if folds is None else folds
+    bad = [k for k in folds if not 0 <= k < count]
+    if not folds or bad:
+        raise InvalidArgument("folds", f"must be among 0..{count - 1} for val_fraction {base.val_fraction:g}, got {folds}")
+    out = Path(base.out)
+    variants = {k: replace(base, fold=k, out=str(out / f"fold{k}")) for k in folds}
+    return _run_repeats(out, variants, methods, budget_min, "fold")
+
+
+def _run_repeats(
+    out: Path, variants: dict[int, TrainConfig], methods: list[str] | None, budget_min: float, kind: str
+) -> dict[int, dict[str, TrainResult]]:
+    first = next(iter(variants.values()))
+    results: dict[int, dict[str, TrainResult]] = {}
+    with open_chip(first.chip, first.chip_workers) as chip:  # one daemon for every repeat
+        for key, cfg in variants.items():
+            results[key] = run_experiment(cfg, methods, budget_min, chip=chip)
+            write_repeat_table(out, results, kind)
+    return results
 
 
 def _mean_sd(values: list[float | None]) -> str:
@@ -180,11 +208,36 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def write_seed_table(out: Path, by_seed: dict[int, dict[str, TrainResult]]) -> None:
-    seeds = list(by_seed)
-    methods = list(next(iter(by_seed.values())))
-    finals = {m: [by_seed[s][m].final for s in seeds] for m in methods}
-    pct = {  # method -> column -> one value per seed, in percent / points (None: not measured on a chip)
+def paired_margin(cil: list[EvalResult], twin: list[EvalResult]) -> dict | None:
+    """cil minus twin on the chip, pooled over every sample both were validated on (paired per
+    sample): the margin in points, its standard error, and the samples only one of them got right."""
+    if any(r.chip_pred is None for r in cil + twin):
+        return None
+    for a, b in zip(cil, twin, strict=True):
+        if not np.array_equal(a.labels, b.labels):
+            raise InvalidArgument("results", "the two methods were not validated on the same samples")
+    right_cil = np.concatenate([r.chip_pred == r.labels for r in cil]).astype(float)
+    right_twin = np.concatenate([r.chip_pred == r.labels for r in twin]).astype(float)
+    diff = right_cil - right_twin
+    n = len(diff)
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {
+        "samples": n,
+        "margin": 100 * float(diff.mean()),
+        "standard_error": 100 * se,
+        "only_cil_right": int((diff > 0).sum()),
+        "only_twin_right": int((diff < 0).sum()),
+    }
+
+
+def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], kind: str) -> None:
+    """``<kind>s.md``/``.json`` for repeats of the experiment (``kind``: seed or fold)."""
+    keys = list(results)
+    labels = [f"{kind} {k}" for k in keys]
+    name = f"{kind}s"
+    methods = list(next(iter(results.values())))
+    finals = {m: [results[k][m].final for k in keys] for m in methods}
+    pct = {  # method -> column -> one value per repeat, in percent / points (None: not measured on a chip)
         m: {
             "software": [100 * f.software for f in finals[m]],
             "chip": [None if f.chip is None else 100 * f.chip for f in finals[m]],
@@ -192,13 +245,16 @@ def write_seed_table(out: Path, by_seed: dict[int, dict[str, TrainResult]]) -> N
         }
         for m in methods
     }
-    header = ["method", *(f"seed {s}: software / chip" for s in seeds), "software (mean ± sd)",
-              "chip (mean ± sd)", "degradation (mean ± sd)"]  # fmt: skip
+    pooled = {m: _pooled(finals[m]) for m in methods}
+    header = ["method", *(f"{v}: software / chip" for v in labels), "software (mean ± sd)",
+              "chip (mean ± sd)", "degradation (mean ± sd)", "pooled: software / chip"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in methods:
         cells = [f"{_cell(a)} / {_cell(b)}" for a, b in zip(pct[m]["software"], pct[m]["chip"], strict=True)]
-        lines.append("| " + " | ".join([m, *cells, *(_mean_sd(pct[m][k]) for k in ("software", "chip", "degradation"))]) + " |")
-    margins = {}
+        cells += [_mean_sd(pct[m][k]) for k in ("software", "chip", "degradation")]
+        cells.append(f"{_cell(pooled[m]['software'])} / {_cell(pooled[m]['chip'])}")
+        lines.append("| " + " | ".join([m, *cells]) + " |")
+    margins, paired = {}, {}
     for cil, twin in CIL_PAIRS:
         if cil in pct and twin in pct and None not in pct[cil]["chip"] + pct[twin]["chip"]:
             diff = [a - b for a, b in zip(pct[cil]["chip"], pct[twin]["chip"], strict=True)]
@@ -206,11 +262,32 @@ def write_seed_table(out: Path, by_seed: dict[int, dict[str, TrainResult]]) -> N
             lines.append("")
             lines.append(
                 f"On the chip, {cil} minus {twin}: " + ", ".join(f"{d:+.1f}" for d in diff)
-                + f" points (seeds {', '.join(map(str, seeds))}); mean {statistics.fmean(diff):+.1f}, "
-                f"min {min(diff):+.1f}."
+                + f" points ({', '.join(labels)}); mean {statistics.fmean(diff):+.1f}, min {min(diff):+.1f}."
             )
-    n_val = finals[methods[0]][0].n
-    lines += ["", f"{len(seeds)} seeds; each seed draws its own validation split of {n_val} samples, "
-              f"its own initialisation and data order. One sample is {100 / max(n_val, 1):.1f} points."]  # fmt: skip
-    (out / "seeds.md").write_text("\n".join(lines) + "\n")
-    (out / "seeds.json").write_text(json.dumps({"seeds": seeds, "percent": pct, "chip_margins": margins}, indent=2))
+            p = paired_margin(finals[cil], finals[twin])
+            if p is not None:
+                paired[f"{cil} - {twin}"] = p
+                lines.append(
+                    f"Pooled over {p['samples']} validations, paired per sample: {p['margin']:+.1f} ± "
+                    f"{p['standard_error']:.1f} points (standard error); {p['only_cil_right']} samples only {cil} "
+                    f"got right on the chip, {p['only_twin_right']} only {twin}."
+                )
+    n_val = [f.n for f in finals[methods[0]]]
+    if name == "folds":
+        lines += ["", f"{len(labels)} folds of one seed's stratified split ({', '.join(map(str, n_val))} samples): "
+                  "each sample is validated once, by models that never trained on it."]  # fmt: skip
+    else:
+        lines += ["", f"{len(labels)} seeds; each seed draws its own validation split of {n_val[0]} samples, its own "
+                  f"initialisation and data order (the splits overlap, so the pooled standard error is optimistic). "
+                  f"One sample is {100 / max(n_val[0], 1):.1f} points."]  # fmt: skip
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.json").write_text(
+        json.dumps({name: keys, "percent": pct, "pooled": pooled, "chip_margins": margins, "paired": paired}, indent=2)
+    )
+
+
+def _pooled(finals: list[EvalResult]) -> dict[str, float | None]:
+    """Accuracy over every validated sample of every repeat (weighted by each repeat's size)."""
+    n = sum(f.n for f in finals)
+    chip = None if any(f.chip is None for f in finals) else 100 * sum(f.chip * f.n for f in finals) / n
+    return {"software": 100 * sum(f.software * f.n for f in finals) / n, "chip": chip}

@@ -59,8 +59,8 @@ def load_dataset(cfg: TrainConfig, split: str = "train") -> EventDataset:
 
 
 def split_indices(cfg: TrainConfig, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The seeded stratified split, optionally cut to subsets (seeded too)."""
-    train, val = stratified_split(labels, cfg.val_fraction, cfg.seed)
+    """The seeded stratified split (the config's fold of it), optionally cut to subsets (seeded too)."""
+    train, val = stratified_split(labels, cfg.val_fraction, cfg.seed, cfg.fold)
     rng = np.random.default_rng(cfg.seed + 1)
     if cfg.max_train is not None and cfg.max_train < len(train):
         train = np.sort(train[rng.permutation(len(train))[: cfg.max_train]])
@@ -77,7 +77,7 @@ def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, re
 
 #: Fields a resumed run must share with its checkpoint (epochs may grow, the chip may move).
 RESUME_FIELDS = (
-    "method", "seed", "bins", "duration_us", "batch_size", "val_fraction", "max_train", "max_val", "width",
+    "method", "seed", "bins", "duration_us", "batch_size", "val_fraction", "fold", "max_train", "max_val", "width",
     "neuron", "theta_low", "augment", "scale_mode",
 )
 
