@@ -13,8 +13,8 @@ from chiploop.data import default_data_dir
 from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import TrainConfig
-from chiploop.training.evaluate import EvalResult
-from chiploop.training.experiment import paired_margin, plan, run_experiment, run_folds, run_seeds
+from chiploop.training.evaluate import EvalResult, paired_margin
+from chiploop.training.experiment import plan, run_experiment, run_folds, run_seeds
 from chiploop.training.trainer import load_checkpoint, train
 
 DATA = default_data_dir()
@@ -54,6 +54,22 @@ def test_cli_train_then_eval(tmp_path, daemon, capsys):
     # eval reproduces the run's own final validation numbers (same split, same integer network).
     for key in ("software", "sync_int", "chip"):
         assert report[key] == pytest.approx(trained[key])
+
+    # Several checkpoints: each against the first, paired on the same samples.
+    other = tmp_path / "cli_lr"
+    assert main(["train", "--method", "bptt", "--epochs", "1", "--lr", "3e-3", "--out", str(other), *args]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(out / "checkpoint.pt"), str(other / "checkpoint.pt"), "--chip", daemon.address, "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert [c["chip"] for c in compared["checkpoints"]] == pytest.approx([trained["chip"], second["chip"]])
+    (pair,) = compared["paired"]
+    assert pair["samples"] == 30 and pair["margin"] == pytest.approx(100 * (second["chip"] - trained["chip"]))
+    assert pair["only_model_right"] - pair["only_baseline_right"] == round(30 * (second["chip"] - trained["chip"]))
+    elsewhere = tmp_path / "cli_seed"
+    assert main(["train", "--method", "bptt", "--epochs", "1", "--seed", "1", "--out", str(elsewhere), *args]) == 0
+    capsys.readouterr()
+    with pytest.raises(InvalidArgument, match="same samples"):
+        main(["eval", str(out / "checkpoint.pt"), str(elsewhere / "checkpoint.pt"), "--chip", daemon.address])
 
 
 def test_experiment_writes_table1(tmp_path, daemon):
@@ -95,7 +111,7 @@ def test_cross_validation_validates_each_sample_once_and_pools_paired_margins(tm
     paired = report["paired"]["cil-bptt - bptt"]
     assert paired["samples"] == n
     assert paired["margin"] == pytest.approx(100 * (right["cil-bptt"] - right["bptt"]) / n)
-    assert paired["only_cil_right"] - paired["only_twin_right"] == right["cil-bptt"] - right["bptt"]
+    assert paired["only_model_right"] - paired["only_baseline_right"] == right["cil-bptt"] - right["bptt"]
     assert "Pooled over" in (tmp_path / "cv" / "folds.md").read_text()
     with pytest.raises(InvalidArgument, match="folds"):
         run_folds(base, ["bptt"], [2])
@@ -110,7 +126,7 @@ def test_paired_margin_counts_the_samples_only_one_model_got_right():
         return EvalResult(4, 1.0, 1.0, 1.0, 0.5, 0.5, labels=labels, chip_pred=np.array(chip_pred))
 
     p = paired_margin([result([0, 1, 2, 0])], [result([0, 0, 0, 3])])  # 3 right vs 2 right
-    assert (p["only_cil_right"], p["only_twin_right"], p["samples"]) == (2, 1, 4)
+    assert (p["only_model_right"], p["only_baseline_right"], p["samples"]) == (2, 1, 4)
     assert p["margin"] == pytest.approx(25.0)
     assert p["standard_error"] == pytest.approx(100 * np.std([0, 1, 1, -1], ddof=1) / 2)
     assert paired_margin([result([0, 1, 2, 0])], [EvalResult(4, 1.0, 1.0, 1.0, None, None)]) is None

@@ -122,11 +122,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
-    from chiploop.training.evaluate_checkpoint import evaluate_checkpoint  # noqa: PLC0415
+    from chiploop.training.evaluate_checkpoint import compare_checkpoints, evaluate_checkpoint  # noqa: PLC0415
 
-    report = evaluate_checkpoint(
-        args.checkpoint, chip=tuple(args.chip), data=args.data, tonic=args.tonic, split=args.split,
-        workers=args.chip_workers, threads=args.threads, device=args.device,
+    measure = evaluate_checkpoint if len(args.checkpoint) == 1 else compare_checkpoints
+    report = measure(
+        args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint, chip=tuple(args.chip),
+        data=args.data, tonic=args.tonic, split=args.split, workers=args.chip_workers, threads=args.threads,
+        device=args.device,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -173,7 +175,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="accuracy of a checkpoint in software and on the chip")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="+", help="one checkpoint; several: also each one's chip accuracy against "
+                                                 "the first's, paired per sample, on the same samples")
     p.add_argument("--data", default=None, help="default: the data the checkpoint was trained on")
     p.add_argument("--tonic", action=argparse.BooleanOptionalAction, default=None,
                    help="read --data through tonic (or not); default: as the checkpoint was trained")

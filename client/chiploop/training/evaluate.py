@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from chiploop.data.loader import EventDataset, iterate_batches
+from chiploop.errors import InvalidArgument
 from chiploop.training.chip import Chip
 from chiploop.training.methods import Method
 from chiploop.training.substitute import chip_score
@@ -93,3 +94,27 @@ def evaluate(
         chip_synops=synops / n if with_chip else None,
         **{k: np.concatenate(v) if v else None for k, v in per_sample.items()},
     )
+
+
+def paired_margin(model: list[EvalResult], baseline: list[EvalResult]) -> dict | None:
+    """``model`` minus ``baseline`` accuracy on the chip, pooled over every sample both were
+    measured on (in order, repeat by repeat) and paired per sample: the margin in points, its
+    standard error, and how many samples only one of them got right. None without chip results."""
+    if any(r.chip_pred is None for r in model + baseline):
+        return None
+    if len(model) != len(baseline) or any(
+        not np.array_equal(a.labels, b.labels) for a, b in zip(model, baseline, strict=True)
+    ):
+        raise InvalidArgument("results", "the two models were not measured on the same samples")
+    right_model = np.concatenate([r.chip_pred == r.labels for r in model]).astype(float)
+    right_baseline = np.concatenate([r.chip_pred == r.labels for r in baseline]).astype(float)
+    diff = right_model - right_baseline
+    n = len(diff)
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {
+        "samples": n,
+        "margin": 100 * float(diff.mean()),
+        "standard_error": 100 * se,
+        "only_model_right": int((diff > 0).sum()),
+        "only_baseline_right": int((diff < 0).sum()),
+    }

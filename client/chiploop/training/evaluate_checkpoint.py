@@ -1,4 +1,5 @@
-"""``chiploop eval``: a checkpoint's accuracy in software (float and integer SNN) and on the chip."""
+"""``chiploop eval``: a checkpoint's accuracy in software (float and integer SNN) and on the chip,
+and, given several checkpoints, their chip accuracies compared sample by sample."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import numpy as np
 import torch
 
 from chiploop.data.frames import readout_for
-from chiploop.training.chip import open_chip
+from chiploop.errors import InvalidArgument
+from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig
-from chiploop.training.evaluate import evaluate
+from chiploop.training.evaluate import EvalResult, evaluate, paired_margin
 from chiploop.training.methods import make_method
 from chiploop.training.trainer import load_checkpoint, load_dataset, split_indices
 
@@ -28,6 +30,56 @@ def evaluate_checkpoint(
     """Rebuild the method from the checkpoint and measure it on the run's validation split
     (or a data set's test split), on the given chip or a local simulator daemon."""
     torch.set_num_threads(threads)
+    with open_chip(chip, workers) as pool:
+        return _evaluate(path, pool, data, tonic, split, device)[0]
+
+
+def compare_checkpoints(
+    paths: list[str],
+    chip: tuple[str, ...] = (),
+    data: str | None = None,
+    tonic: bool | None = None,
+    split: str = "val",
+    workers: int = 1,
+    threads: int = 1,
+    device: str = "auto",
+) -> dict:
+    """Every checkpoint on the same chip and samples, then each later one's chip accuracy
+    against the first's, paired per sample (``paired_margin``: margin, standard error, and the
+    samples only one of them got right). Checkpoints validated on different samples (another
+    seed or fold; use ``split="test"`` or one ``data``) are refused."""
+    if len(paths) < 2:
+        raise InvalidArgument("checkpoints", "compare needs at least two checkpoints")
+    torch.set_num_threads(threads)
+    with open_chip(chip, workers) as pool:
+        measured = [_evaluate(path, pool, data, tonic, split, device) for path in paths]
+    reports = [report for report, _ in measured]
+    first_report, first = measured[0]
+    pairs, lines = [], [r["text"] for r in reports]
+    for report, result in measured[1:]:
+        try:
+            pair = paired_margin([result], [first])
+        except InvalidArgument:
+            raise InvalidArgument(
+                "checkpoints", f"{report['checkpoint']} and {first_report['checkpoint']} were not measured on the "
+                "same samples (another seed, fold or data set); compare them on one test split: --split test"
+            ) from None
+        if pair is None:
+            continue
+        pair = {"checkpoint": report["checkpoint"], "against": first_report["checkpoint"], **pair}
+        pairs.append(pair)
+        lines.append(
+            f"{report['method']} ({report['checkpoint']}) minus {first_report['method']} "
+            f"({first_report['checkpoint']}) on the chip: {pair['margin']:+.2f} ± {pair['standard_error']:.2f} "
+            f"points (paired over {pair['samples']} samples; {pair['only_model_right']} right only with "
+            f"{report['method']}, {pair['only_baseline_right']} only with {first_report['method']})"
+        )
+    return {"checkpoints": reports, "paired": pairs, "text": "\n".join(lines)}
+
+
+def _evaluate(
+    path: str, pool: Chip, data: str | None, tonic: bool | None, split: str, device: str
+) -> tuple[dict, EvalResult]:
     ckpt = load_checkpoint(path)
     cfg = TrainConfig.from_dict(ckpt["config"])
     if data is not None:
@@ -44,8 +96,7 @@ def evaluate_checkpoint(
     else:
         ds = load_dataset(cfg)
         indices = split_indices(cfg, np.asarray(ds.labels))[1]
-    with open_chip(chip, workers) as pool:
-        result = evaluate(method, ds, indices, pool)
+    result = evaluate(method, ds, indices, pool)
     report = {
         "checkpoint": str(path),
         "method": cfg.method,
@@ -69,4 +120,4 @@ def evaluate_checkpoint(
             f"{100 * (result.agreement or 0):.1f} % of samples",
         ]
     report["text"] = "\n".join(lines)
-    return report
+    return report, result

@@ -18,13 +18,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from chiploop.data.split import num_folds
 from chiploop.errors import InvalidArgument
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
-from chiploop.training.evaluate import EvalResult
+from chiploop.training.evaluate import EvalResult, paired_margin
 from chiploop.training.trainer import TrainResult, train
 
 #: Relative cost of one epoch with its validation (bptt = 1, about 25 s on the bundled data,
@@ -208,28 +206,6 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def paired_margin(cil: list[EvalResult], twin: list[EvalResult]) -> dict | None:
-    """cil minus twin on the chip, pooled over every sample both were validated on (paired per
-    sample): the margin in points, its standard error, and the samples only one of them got right."""
-    if any(r.chip_pred is None for r in cil + twin):
-        return None
-    for a, b in zip(cil, twin, strict=True):
-        if not np.array_equal(a.labels, b.labels):
-            raise InvalidArgument("results", "the two methods were not validated on the same samples")
-    right_cil = np.concatenate([r.chip_pred == r.labels for r in cil]).astype(float)
-    right_twin = np.concatenate([r.chip_pred == r.labels for r in twin]).astype(float)
-    diff = right_cil - right_twin
-    n = len(diff)
-    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    return {
-        "samples": n,
-        "margin": 100 * float(diff.mean()),
-        "standard_error": 100 * se,
-        "only_cil_right": int((diff > 0).sum()),
-        "only_twin_right": int((diff < 0).sum()),
-    }
-
-
 def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], kind: str) -> None:
     """``<kind>s.md``/``.json`` for repeats of the experiment (``kind``: seed or fold)."""
     keys = list(results)
@@ -269,8 +245,8 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
                 paired[f"{cil} - {twin}"] = p
                 lines.append(
                     f"Pooled over {p['samples']} validations, paired per sample: {p['margin']:+.1f} ± "
-                    f"{p['standard_error']:.1f} points (standard error); {p['only_cil_right']} samples only {cil} "
-                    f"got right on the chip, {p['only_twin_right']} only {twin}."
+                    f"{p['standard_error']:.1f} points (standard error); {p['only_model_right']} samples only {cil} "
+                    f"got right on the chip, {p['only_baseline_right']} only {twin}."
                 )
     n_val = [f.n for f in finals[methods[0]]]
     if name == "folds":
