@@ -122,13 +122,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
-    from chiploop.training.evaluate_checkpoint import compare_checkpoints, evaluate_checkpoint  # noqa: PLC0415
+    from chiploop.training.evaluate_checkpoint import evaluate_checkpoint  # noqa: PLC0415
 
-    measure = evaluate_checkpoint if len(args.checkpoint) == 1 else compare_checkpoints
-    report = measure(
-        args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint, chip=tuple(args.chip),
-        data=args.data, tonic=args.tonic, split=args.split, workers=args.chip_workers, threads=args.threads,
-        device=args.device,
+    report = evaluate_checkpoint(
+        *args.checkpoint, chip=tuple(args.chip), data=args.data, tonic=args.tonic, split=args.split,
+        workers=args.chip_workers, threads=args.threads, device=args.device,
     )
     if args.json:
         print(json.dumps(report, indent=2))

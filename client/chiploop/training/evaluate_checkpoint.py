@@ -18,7 +18,7 @@ from chiploop.training.trainer import load_checkpoint, load_dataset, split_indic
 
 
 def evaluate_checkpoint(
-    path: str,
+    *paths: str,
     chip: tuple[str, ...] = (),
     data: str | None = None,
     tonic: bool | None = None,
@@ -27,32 +27,21 @@ def evaluate_checkpoint(
     threads: int = 1,
     device: str = "auto",
 ) -> dict:
-    """Rebuild the method from the checkpoint and measure it on the run's validation split
-    (or a data set's test split), on the given chip or a local simulator daemon."""
-    torch.set_num_threads(threads)
-    with open_chip(chip, workers) as pool:
-        return _evaluate(path, pool, data, tonic, split, device)[0]
+    """Rebuild each checkpoint's method and measure it on its run's validation split (or a data
+    set's test split), on the given chip or a local simulator daemon: one path gives its report.
 
-
-def compare_checkpoints(
-    paths: list[str],
-    chip: tuple[str, ...] = (),
-    data: str | None = None,
-    tonic: bool | None = None,
-    split: str = "val",
-    workers: int = 1,
-    threads: int = 1,
-    device: str = "auto",
-) -> dict:
-    """Every checkpoint on the same chip and samples, then each later one's chip accuracy
-    against the first's, paired per sample (``paired_margin``: margin, standard error, and the
-    samples only one of them got right). Checkpoints validated on different samples (another
-    seed or fold; use ``split="test"`` or one ``data``) are refused."""
-    if len(paths) < 2:
-        raise InvalidArgument("checkpoints", "compare needs at least two checkpoints")
+    Several give ``{"checkpoints": [reports], "paired": [...], "text": ...}``: every checkpoint on
+    the same chip and samples, then each later one's chip accuracy against the first's, paired
+    per sample (``paired_margin``: margin, standard error, and the samples only one of them got
+    right). Checkpoints validated on different samples (another seed or fold) are refused:
+    compare those on one test split."""
+    if not paths:
+        raise InvalidArgument("checkpoints", "give at least one checkpoint")
     torch.set_num_threads(threads)
     with open_chip(chip, workers) as pool:
         measured = [_evaluate(path, pool, data, tonic, split, device) for path in paths]
+    if len(measured) == 1:
+        return measured[0][0]
     reports = [report for report, _ in measured]
     first_report, first = measured[0]
     pairs, lines = [], [r["text"] for r in reports]
