@@ -19,6 +19,7 @@ from chiploop.run import Readout
 
 class EventDataset(Protocol):
     labels: np.ndarray
+    files: list  # where each sample comes from (its identity, e.g. to check two runs saw the same samples)
 
     def __len__(self) -> int: ...
     def events(self, index: int) -> np.ndarray: ...

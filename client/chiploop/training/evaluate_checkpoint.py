@@ -3,17 +3,18 @@ and, given several checkpoints, their chip accuracies compared sample by sample.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from chiploop.data.frames import readout_for
+from chiploop.data.loader import EventDataset
 from chiploop.errors import InvalidArgument
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.evaluate import EvalResult, evaluate, paired_margin
-from chiploop.training.methods import make_method
+from chiploop.training.methods import Method, make_method
 from chiploop.training.trainer import load_checkpoint, load_dataset, split_indices
 
 
@@ -38,21 +39,22 @@ def evaluate_checkpoint(
     if not paths:
         raise InvalidArgument("checkpoints", "give at least one checkpoint")
     torch.set_num_threads(threads)
+    prepared = [_prepare(path, data, tonic, split, device) for path in paths]
+    for other in prepared[1:]:  # before measuring anything: refuse at once what cannot be compared
+        if other.files != prepared[0].files:
+            raise InvalidArgument(
+                "checkpoints", f"{other.path} and {prepared[0].path} are not measured on the same samples "
+                f"(another seed, fold or data set); compare them on one test split: --split test"
+            )
     with open_chip(chip, workers) as pool:
-        measured = [_evaluate(path, pool, data, tonic, split, device) for path in paths]
+        measured = [_evaluate(p, pool, split) for p in prepared]
     if len(measured) == 1:
         return measured[0][0]
     reports = [report for report, _ in measured]
     first_report, first = measured[0]
     pairs, lines = [], [r["text"] for r in reports]
     for report, result in measured[1:]:
-        try:
-            pair = paired_margin([result], [first])
-        except InvalidArgument:
-            raise InvalidArgument(
-                "checkpoints", f"{report['checkpoint']} and {first_report['checkpoint']} were not measured on the "
-                "same samples (another seed, fold or data set); compare them on one test split: --split test"
-            ) from None
+        pair = paired_margin([result], [first])
         if pair is None:
             continue
         pair = {"checkpoint": report["checkpoint"], "against": first_report["checkpoint"], **pair}
@@ -66,9 +68,20 @@ def evaluate_checkpoint(
     return {"checkpoints": reports, "paired": pairs, "text": "\n".join(lines)}
 
 
-def _evaluate(
-    path: str, pool: Chip, data: str | None, tonic: bool | None, split: str, device: str
-) -> tuple[dict, EvalResult]:
+@dataclass
+class _Prepared:
+    """A checkpoint's method rebuilt, and the samples it is to be measured on."""
+
+    path: str
+    cfg: TrainConfig
+    epoch: int
+    method: Method
+    dataset: EventDataset
+    indices: np.ndarray
+    files: list  # the samples' files: checkpoints are compared only on the same ones
+
+
+def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device: str) -> _Prepared:
     ckpt = load_checkpoint(path)
     cfg = TrainConfig.from_dict(ckpt["config"])
     if data is not None:
@@ -85,11 +98,17 @@ def _evaluate(
     else:
         ds = load_dataset(cfg)
         indices = split_indices(cfg, np.asarray(ds.labels))[1]
+    files = [ds.files[i] for i in indices]
+    return _Prepared(str(path), cfg, int(ckpt["epoch"]) + 1, method, ds, indices, files)
+
+
+def _evaluate(prepared: _Prepared, pool: Chip, split: str) -> tuple[dict, EvalResult]:
+    cfg, method, ds, indices, path = prepared.cfg, prepared.method, prepared.dataset, prepared.indices, prepared.path
     result = evaluate(method, ds, indices, pool)
     report = {
         "checkpoint": str(path),
         "method": cfg.method,
-        "epoch": int(ckpt["epoch"]) + 1,
+        "epoch": prepared.epoch,
         "split": split,
         **result.as_dict(),
         "quantization_loss": 100.0 * (result.sync_float - result.sync_int),
