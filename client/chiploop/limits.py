@@ -182,9 +182,9 @@ def apply_layer_updates(
                 f"{where}.leak", f"layer {index} was deployed without a leak period; deploy it with one first"
             )
         for name in ("threshold_high", "threshold_low"):
-            if name in changes and not isinstance(changes[name], (int, np.integer)):
-                raise InvalidArgument(f"{where}.{name}", f"must be an integer, got {changes[name]!r}")
             if name in changes:
+                if not isinstance(changes[name], (int, np.integer)):
+                    raise InvalidArgument(f"{where}.{name}", f"must be an integer, got {changes[name]!r}")
                 changes[name] = int(changes[name])
         candidate = spec.with_layer(int(index), **changes)
         check_layer_fields(int(index), candidate.layers[index], limits)

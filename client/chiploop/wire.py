@@ -46,8 +46,6 @@ _MODE_TO_WIRE = {
 }
 _MODE_FROM_WIRE = {v: k for k, v in _MODE_TO_WIRE.items()}
 
-#: The keys a per-layer update may carry (``ChipClient.update_weights``).
-
 
 # ---------------------------------------------------------------- dtypes
 

@@ -33,8 +33,6 @@ RECORDED = 27  # 1 for output and monitored layers: their spikes are returned
 I_OFS = 28  # offset of the layer's input frame in the sync kernel's frame buffer
 META_COLUMNS = 29
 
-#: Fields a weight update may change (all optional; absent or None keeps the deployed value).
-
 
 def _layer_row(spec: NetworkSpec, i: int, in_shape, out_shape) -> np.ndarray:
     layer = spec.layers[i]
