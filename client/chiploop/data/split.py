@@ -16,6 +16,13 @@ def num_folds(val_fraction: float) -> int:
     return math.ceil(1.0 / val_fraction - 1e-9)
 
 
+def check_fold(fold: int, val_fraction: float, field: str = "fold") -> None:
+    """Refuse a fold the split does not have (fold 0, the plain split, exists for every fraction)."""
+    if fold != 0 and not 0 <= fold < num_folds(val_fraction):
+        raise InvalidArgument(field, f"must be in 0..{num_folds(val_fraction) - 1} for val_fraction "
+                                     f"{val_fraction:g}, got {fold}")
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, seed: int, fold: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -30,9 +37,7 @@ def stratified_split(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise InvalidArgument("val_fraction", f"must be in [0, 1), got {val_fraction}")
-    if fold != 0 and not 0 <= fold < num_folds(val_fraction):
-        raise InvalidArgument("fold", f"must be in 0..{num_folds(val_fraction) - 1} for val_fraction "
-                                      f"{val_fraction:g}, got {fold}")
+    check_fold(fold, val_fraction)
     last = val_fraction > 0 and fold == num_folds(val_fraction) - 1  # takes the remainder of each class
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from chiploop.architectures import NMNIST_PAPER
-from chiploop.data.split import num_folds
+from chiploop.data.split import check_fold
 from chiploop.errors import InvalidArgument
 
 METHOD_NAMES: tuple[str, ...] = ("cnn", "cnn-qat", "bptt", "cil-bptt", "cil-ann")
@@ -78,10 +78,7 @@ class TrainConfig:
             raise InvalidArgument("init_target", f"must be > 0, got {self.init_target}")
         if not 0.0 < self.val_fraction < 1.0:
             raise InvalidArgument("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        if not 0 <= self.fold < num_folds(self.val_fraction):
-            raise InvalidArgument(
-                "fold", f"must be in 0..{num_folds(self.val_fraction) - 1} for val_fraction {self.val_fraction:g}, got {self.fold}"
-            )
+        check_fold(self.fold, self.val_fraction)
         if self.neuron not in ("iaf", "leaky"):
             raise InvalidArgument("neuron", f"must be 'iaf' or 'leaky', got {self.neuron!r}")
         if self.lr_schedule not in ("cosine", "constant"):

@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from chiploop.data.split import num_folds
+from chiploop.data.split import check_fold, num_folds
 from chiploop.errors import InvalidArgument
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
@@ -172,11 +172,11 @@ def run_folds(
     (``None``: all ``1/val_fraction`` of them, so every sample is validated exactly once), each in
     ``out/fold<k>/``, then ``folds.md``/``folds.json``, as for seeds plus the accuracies and CIL
     margins pooled over every validated sample, with the margin's standard error."""
-    count = num_folds(base.val_fraction)
-    folds = list(range(count)) if folds is None else folds
-    bad = [k for k in folds if not 0 <= k < count]
-    if not folds or bad:
-        raise InvalidArgument("folds", f"must be among 0..{count - 1} for val_fraction {base.val_fraction:g}, got {folds}")
+    folds = list(range(num_folds(base.val_fraction))) if folds is None else folds
+    if not folds:
+        raise InvalidArgument("folds", "give at least one fold")
+    for k in folds:
+        check_fold(k, base.val_fraction, field="folds")
     out = Path(base.out)
     variants = {k: replace(base, fold=k, out=str(out / f"fold{k}")) for k in folds}
     return _run_repeats(out, variants, methods, budget_min, "fold")
@@ -249,7 +249,7 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
                     f"got right on the chip, {p['only_baseline_right']} only {twin}."
                 )
     n_val = [f.n for f in finals[methods[0]]]
-    if name == "folds":
+    if kind == "fold":
         lines += ["", f"{len(labels)} folds of one seed's stratified split ({', '.join(map(str, n_val))} samples): "
                   "each sample is validated once, by models that never trained on it."]  # fmt: skip
     else:
