@@ -40,8 +40,9 @@ def evaluate_checkpoint(
         raise InvalidArgument("checkpoints", "give at least one checkpoint")
     torch.set_num_threads(threads)
     prepared = [_prepare(path, data, tonic, split, device) for path in paths]
+    first_files = prepared[0].files
     for other in prepared[1:]:  # before measuring anything: refuse at once what cannot be compared
-        if other.files != prepared[0].files:
+        if other.files != first_files:
             raise InvalidArgument(
                 "checkpoints", f"{other.path} and {prepared[0].path} are not measured on the same samples "
                 f"(another seed, fold or data set); compare them on one test split: --split test"
@@ -78,7 +79,11 @@ class _Prepared:
     method: Method
     dataset: EventDataset
     indices: np.ndarray
-    files: list  # the samples' files: checkpoints are compared only on the same ones
+
+    @property
+    def files(self) -> list:
+        """The samples' files: checkpoints are compared only on the same ones."""
+        return [self.dataset.files[i] for i in self.indices]
 
 
 def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device: str) -> _Prepared:
@@ -98,8 +103,7 @@ def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device
     else:
         ds = load_dataset(cfg)
         indices = split_indices(cfg, np.asarray(ds.labels))[1]
-    files = [ds.files[i] for i in indices]
-    return _Prepared(str(path), cfg, int(ckpt["epoch"]) + 1, method, ds, indices, files)
+    return _Prepared(str(path), cfg, int(ckpt["epoch"]) + 1, method, ds, indices)
 
 
 def _evaluate(prepared: _Prepared, pool: Chip, split: str) -> tuple[dict, EvalResult]:
