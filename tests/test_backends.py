@@ -271,6 +271,19 @@ def test_a_job_whose_deadline_passed_in_the_queue_is_answered_without_running(si
     scheduler.stop()
 
 
+def test_a_job_whose_deadline_passed_holds_no_place_in_a_full_queue(sim_device):
+    scheduler, _, release = _held_scheduler(sim_device, max_queue=1)
+    late = scheduler.submit(Job("run", "a", lambda d: 1, deadline=time.monotonic() + 0.05))
+    time.sleep(0.1)
+    waiting = scheduler.submit(Job("run", "a", lambda d: 2))  # the queue's one place is free again
+    assert late.cancelled() and scheduler.jobs_expired == 1 and scheduler.depth() == 1
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        scheduler.submit(Job("run", "a", lambda d: 3))
+    release.set()
+    assert waiting.result(5) == 2
+    scheduler.stop()
+
+
 def test_cancelled_jobs_are_skipped_and_failures_reach_the_caller(sim_device):
     scheduler, _, release = _held_scheduler(sim_device)
     ran = []

@@ -49,10 +49,6 @@ class FifoQueue:
         return len(self._jobs)
 
 
-def _abandoned(job: Job) -> bool:
-    return job.future.cancelled()
-
-
 class Scheduler:
     """Runs jobs on one device, one at a time, in the queue's order."""
 
@@ -71,8 +67,23 @@ class Scheduler:
     def depth(self) -> int:
         """Jobs waiting, not counting the one running."""
         with self._cond:
-            self._queue.discard(_abandoned)
+            self._queue.discard(self._dead)
             return len(self._queue)
+
+    def _dead(self, job: Job) -> bool:
+        """A waiting job nobody will read: its caller cancelled, or its deadline passed.
+
+        An expired job is cancelled here rather than left for gRPC's cancel callback, which
+        fires a moment after the caller has seen DeadlineExceeded: until then the dead job
+        would still hold a place in a full queue. The servicer waiting on it times out at
+        that same deadline, so cancelling it takes nothing from anyone.
+        """
+        if job.future.cancelled():
+            return True
+        if job.expired() and job.future.cancel():
+            self.jobs_expired += 1
+            return True
+        return False
 
     def submit(self, job: Job) -> Future:
         """Queue a job; ResourceExhausted when the queue is full, BackendUnavailable when stopping."""
@@ -80,7 +91,7 @@ class Scheduler:
             if self._stopping:
                 raise BackendUnavailable("the daemon is shutting down")
             if len(self._queue) >= self.max_queue:
-                self._queue.discard(_abandoned)  # callers that went away hold no place
+                self._queue.discard(self._dead)  # callers that went away hold no place
             if len(self._queue) >= self.max_queue:
                 raise ResourceExhausted(
                     f"the device queue is full ({self.max_queue} jobs waiting); retry later"
