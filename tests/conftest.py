@@ -6,7 +6,12 @@ import os
 
 import numpy as np
 import pytest
+from chiploop.data.nmnist import default_data_dir
 from chiploop.spec import InputLayer, Layer, NetworkSpec
+
+DATA = default_data_dir()
+"""The bundled N-MNIST samples (``$CHIPLOOP_NMNIST_DIR`` overrides)."""
+needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no N-MNIST data at {DATA}")
 
 
 def small_spec(seed: int = 0, threshold: int = 6, monitor: tuple[int, ...] = ()) -> NetworkSpec:
@@ -31,12 +36,11 @@ def small_spec(seed: int = 0, threshold: int = 6, monitor: tuple[int, ...] = ())
 @pytest.fixture(scope="session")
 def nmnist_samples() -> list[np.ndarray]:
     """The first 16 bundled N-MNIST samples (DVS_EVENT_DTYPE); skips when the data is absent."""
-    from chiploop.data.nmnist import NMNIST, default_data_dir
+    from chiploop.data.nmnist import NMNIST
 
-    root = default_data_dir()
-    if not root.exists():
-        pytest.skip(f"bundled N-MNIST samples not found at {root} (set CHIPLOOP_NMNIST_DIR)")
-    data = NMNIST(root)
+    if not DATA.exists():
+        pytest.skip(f"bundled N-MNIST samples not found at {DATA} (set CHIPLOOP_NMNIST_DIR)")
+    data = NMNIST(DATA)
     return [data[i][0] for i in range(16)]
 
 

@@ -9,7 +9,6 @@ from chiploop.data import (
     Augment,
     bin_batch,
     bin_events,
-    default_data_dir,
     iterate_batches,
     num_folds,
     readout_for,
@@ -19,9 +18,7 @@ from chiploop.data import (
 from chiploop.errors import InvalidArgument
 from chiploop.events import make_dvs_events
 from chiploop.run import Readout
-
-DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+from conftest import DATA, needs_data
 
 
 def test_bins_are_half_open_like_the_readout():

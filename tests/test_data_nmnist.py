@@ -6,13 +6,13 @@ import io
 
 import numpy as np
 import pytest
-from chiploop.data import NMNIST, default_data_dir, read_nmnist_bin
+from chiploop.data import NMNIST, read_nmnist_bin
 from chiploop.data.nmnist import decode_nmnist_bytes
 from chiploop.errors import InvalidArgument
 from chiploop.events import DVS_EVENT_DTYPE, check_dvs_events
+from conftest import DATA, needs_data
 
-DATA = default_data_dir()
-pytestmark = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no N-MNIST data at {DATA}")
+pytestmark = needs_data
 
 
 def encode(x, y, p, t) -> bytes:

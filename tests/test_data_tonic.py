@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from chiploop.data import NMNIST, default_data_dir
+from chiploop.data import NMNIST
 from chiploop.data.tonic_source import TonicNMNIST, to_dvs_events, tonic_available
 from chiploop.errors import BackendUnavailable, InvalidArgument
+from conftest import DATA, needs_data
 
-DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no N-MNIST data at {DATA}")
 needs_tonic = pytest.mark.skipif(not tonic_available(), reason="tonic is not installed")
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from chiploop.data import default_data_dir
 from chiploop.errors import InvalidArgument
 from chiploop.training.config import TrainConfig
 from chiploop.training.device import resolve_device
 from chiploop.training.trainer import train
+from conftest import needs_data
 
-DATA = default_data_dir()
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
@@ -39,7 +38,7 @@ def test_the_cli_refuses_a_missing_gpu_before_training(tmp_path, capsys):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+@needs_data
 def test_cil_bptt_trains_on_the_gpu_against_the_daemon(tmp_path, daemon):
     cfg = TrainConfig(method="cil-bptt", device="cuda", epochs=2, out=str(tmp_path / "run"), chip=(daemon.address,),
                       width=0.25, bins=3, batch_size=32, max_train=96, max_val=40, calibration_samples=32,

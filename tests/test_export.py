@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from chiploop.architectures import NMNIST_PAPER
-from chiploop.data import NMNIST, default_data_dir, make_batch, readout_for
+from chiploop.data import NMNIST, make_batch, readout_for
 from chiploop.errors import NetworkRejected
 from chiploop.export import ann_to_snn, balance, export_spec, integer_layers
 from chiploop.limits import validate
@@ -16,9 +16,8 @@ from chiploop.models import ANNTwin, SpikingCNN, data_init, leak_ticks, scaled_a
 from chiploop.run import pack_samples
 from chiploop.training.device import resolve_device
 from chiploop_server.sim import SimNetwork, run_batch
+from conftest import DATA, needs_data
 
-DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]),

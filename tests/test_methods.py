@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from chiploop.data import NMNIST, default_data_dir, make_batch, readout_for
+from chiploop.data import NMNIST, make_batch, readout_for
 from chiploop.export import export_spec
 from chiploop.training.chip import ChipPool
 from chiploop.training.config import TrainConfig
 from chiploop.training.methods import METHODS, make_method
 from chiploop.training.substitute import chip_outputs, straight_through
-
-DATA = default_data_dir()
-needs_data = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+from conftest import DATA, needs_data
 
 TINY = dict(width=0.25, bins=3, batch_size=24, lr=3e-3, calibration_samples=24, progress=False)
 

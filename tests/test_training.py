@@ -9,16 +9,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from chiploop.data import default_data_dir
 from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import TrainConfig
 from chiploop.training.evaluate import EvalResult, paired_margin
 from chiploop.training.experiment import plan, run_experiment, run_folds, run_seeds
 from chiploop.training.trainer import load_checkpoint, train
+from conftest import needs_data
 
-DATA = default_data_dir()
-pytestmark = pytest.mark.skipif(not (DATA / "train" / "labels.csv").is_file(), reason=f"no data at {DATA}")
+pytestmark = needs_data
 
 TINY = dict(width=0.25, bins=3, batch_size=32, max_train=64, max_val=40, calibration_samples=32, progress=False)
 
