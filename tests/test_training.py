@@ -141,6 +141,7 @@ def test_paired_margin_counts_the_samples_only_one_model_got_right():
         ({"substitute_hidden": (2, 5)}, "substitute_hidden[1]"),
         ({"method": "bptt", "substitute_hidden": (2,)}, "substitute_hidden"),
         ({"init_target": 0.0}, "init_target"),
+        ({"readout": "spikes"}, "readout"),
         ({"surrogate_width": 0.0}, "surrogate_width"),
         ({"fold": 5}, "fold"),
         ({"fold": -1}, "fold"),
@@ -182,3 +183,25 @@ def test_theta_low_none_means_no_hidden_clamp(tmp_path, daemon, capsys):
     assert ckpt["config"]["theta_low"] is None
     spec = train(replace(TrainConfig.from_dict(ckpt["config"]), resume=True, chip=(daemon.address,))).spec
     assert all(layer.threshold_low == -32768 for layer in spec.layers)
+
+
+def test_sinabs_recipe_trains_in_float_reads_counts_and_quantizes_after_training(tmp_path, daemon, capsys):
+    out = tmp_path / "sinabs"
+    args = ["--chip", daemon.address, "--width", "0.25", "--bins", "3", "--batch-size", "32", "--max-train", "32",
+            "--max-val", "30", "--quiet", "--readout", "counts", "--no-qat", "--init-target", "none",
+            "--theta-low", "-1"]  # fmt: skip
+    assert main(["train", "--method", "bptt", "--epochs", "1", "--out", str(out), *args]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert {k: ckpt["config"][k] for k in ("readout", "qat", "init_target", "theta_low")} == {
+        "readout": "counts", "qat": False, "init_target": None, "theta_low": -1.0,
+    }  # fmt: skip
+    # Quantized after training: every layer's scale comes from its final weights, so each reaches 127.
+    spec = train(replace(TrainConfig.from_dict(ckpt["config"]), resume=True, chip=(daemon.address,))).spec
+    assert [int(np.abs(layer.weights).max()) for layer in spec.layers] == [127] * len(spec.layers)
+    capsys.readouterr()
+    # eval rebuilds the counts readout from the checkpoint: the run's own numbers again.
+    assert main(["eval", str(out / "checkpoint.pt"), "--chip", daemon.address, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("software", "sync_int", "chip"):
+        assert report[key] == pytest.approx(trained[key])

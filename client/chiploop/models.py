@@ -42,6 +42,8 @@ from chiploop.quant import (
 
 NeuronKind = Literal["iaf", "leaky"]
 NEURON_KINDS: tuple[str, ...] = ("iaf", "leaky")
+ReadoutKind = Literal["charge", "counts"]
+READOUT_KINDS: tuple[str, ...] = ("charge", "counts")
 
 
 def scaled_architecture(arch: Architecture, width: float = 1.0) -> Architecture:
@@ -126,14 +128,20 @@ class PeriodicExponential:
 # ---------------------------------------------------------------- the spiking CNN
 
 
-def readout_score(spikes: torch.Tensor, v_mem: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The readout everywhere (software, chip, loss): [B, K] total spikes plus the last
-    membrane in threshold units, from per-bin spikes and membranes [B, T, K].
+def readout_score(
+    spikes: torch.Tensor, v_mem: torch.Tensor, threshold: float, readout: ReadoutKind = "charge"
+) -> torch.Tensor:
+    """The readout everywhere (software, chip, loss), [B, K], from per-bin spikes and
+    membranes [B, T, K] of the output layer.
 
+    ``charge`` (the default): total spikes plus the last membrane in threshold units.
     For the output layer (subtract reset, no low clamp) score * thr is the total
     charge it received, so the readout is exact, not rounded to whole spikes.
+    ``counts``: total spikes alone, sinabs' usual readout (ties are frequent when
+    few output spikes are fired; argmax then takes the first class).
     """
-    return spikes.sum(1) + v_mem[:, -1] / threshold
+    total = spikes.sum(1)
+    return total if readout == "counts" else total + v_mem[:, -1] / threshold
 
 
 @dataclass
@@ -144,11 +152,12 @@ class SNNOutput:
     v_mem: torch.Tensor  # [B, T, K] output-layer membrane at the end of each bin
     threshold: float  # output-layer threshold_high, same units as v_mem
     hidden: list[torch.Tensor]  # per hidden layer: spikes [B, T, C, H, W] (before pooling)
+    readout: ReadoutKind = "charge"  # the model's readout_score kind
 
     @property
     def score(self) -> torch.Tensor:
         """[B, K] ``readout_score`` of this pass."""
-        return readout_score(self.spikes, self.v_mem, self.threshold)
+        return readout_score(self.spikes, self.v_mem, self.threshold, self.readout)
 
 
 class _ConvStack(nn.Module):
@@ -186,7 +195,7 @@ class SpikingCNN(_ConvStack):
     (default ``theta_low=None``: no clamp, threshold_low = -32768: the chip clamps
     per event and the binned model per bin, so a clamp is a mismatch between them);
     the output layer does not clamp (threshold_low = -32768) so its membrane keeps
-    the whole charge for the readout.
+    the whole charge for the readout. ``readout``: see ``readout_score``.
     """
 
     def __init__(
@@ -196,13 +205,17 @@ class SpikingCNN(_ConvStack):
         theta_low: float | None = None,
         leak_init: float = -0.05,
         surrogate: PeriodicExponential | None = None,
+        readout: ReadoutKind = "charge",
     ) -> None:
         if neuron not in NEURON_KINDS:
             raise InvalidArgument("neuron", f"must be one of {NEURON_KINDS}, got {neuron!r}")
+        if readout not in READOUT_KINDS:
+            raise InvalidArgument("readout", f"must be one of {READOUT_KINDS}, got {readout!r}")
         if theta_low is not None and not theta_low < 1.0:
             raise InvalidArgument("theta_low", f"must be below the threshold (1.0), got {theta_low}")
         super().__init__(arch)
         self.neuron = neuron
+        self.readout: ReadoutKind = readout
         self.theta_low = None if theta_low is None else float(theta_low)
         n = len(arch.stages)
         sur = surrogate or PeriodicExponential()
@@ -316,6 +329,7 @@ class SpikingCNN(_ConvStack):
             v_mem=v_out.reshape(batch, steps, -1),
             threshold=self.thresholds(self.num_layers - 1, quantized)[0],
             hidden=hidden,
+            readout=self.readout,
         )
 
 

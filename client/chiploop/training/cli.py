@@ -40,11 +40,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=float, default=_DEFAULTS.width, help="hidden channel multiplier (1: the paper's net)")
     p.add_argument("--neuron", choices=("iaf", "leaky"), default=_DEFAULTS.neuron)
     p.add_argument("--theta-low", type=float_or_none, default=_DEFAULTS.theta_low,
-                   help="hidden threshold_low, in thresholds; 'none': no clamp (the state's floor, -32768)")
+                   help="bptt, cil-bptt: hidden threshold_low, in thresholds; 'none': no clamp (the state's floor, -32768)")
+    p.add_argument("--readout", choices=("charge", "counts"), default=_DEFAULTS.readout,
+                   help="bptt, cil-bptt: the score is total output spikes + last membrane / threshold (charge) "
+                        "or total spikes alone (counts, sinabs' usual readout)")
+    p.add_argument("--no-qat", action="store_true",
+                   help="bptt: train in float and quantize after training (sinabs' usual route) instead of training "
+                        "the integer network; cil-bptt's proxy is always the integer network")
     p.add_argument("--surrogate-width", type=float, default=_DEFAULTS.surrogate_width,
                    help="width of the surrogate gradient around the threshold, in thresholds")
-    p.add_argument("--init-target", type=float, default=_DEFAULTS.init_target,
-                   help="data init: 99th-percentile input current per bin, in thresholds")
+    p.add_argument("--init-target", type=float_or_none, default=_DEFAULTS.init_target,
+                   help="bptt, cil-bptt: data init, the 99th-percentile input current per bin, in thresholds; "
+                        "'none': torch's default init")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=_DEFAULTS.lr_schedule)
     p.add_argument("--scale-mode", choices=("max", "percentile"), default=_DEFAULTS.scale_mode,
                    help="per-layer weight scale: max|w|/127 or the 99.99th percentile of |w| / 127")
@@ -88,6 +95,8 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         width=args.width,
         neuron=args.neuron,
         theta_low=args.theta_low,
+        readout=args.readout,
+        qat=not args.no_qat,
         surrogate_width=args.surrogate_width,
         init_target=args.init_target,
         lr_schedule=args.lr_schedule,

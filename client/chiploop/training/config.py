@@ -34,12 +34,16 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine | constant (per epoch)
     width: float = 1.0  # channel multiplier of the hidden layers (1.0: the paper's network)
     neuron: str = "iaf"  # iaf | leaky
+    # The SNN routes' recipe (bptt, cil-bptt; the ANN routes convert with their own settings).
+    # sinabs' usual recipe for Speck is readout="counts", qat=False, init_target=None, theta_low=-1.
     theta_low: float | None = None  # hidden threshold_low, in thresholds; None: no clamp (-32768)
+    readout: str = "charge"  # charge: spikes + last membrane / thr | counts: spikes alone
+    qat: bool = True  # bptt trains the integer network; False: float, quantized after training
     surrogate_width: float = 0.5  # width of the periodic exponential surrogate, in thresholds
     augment: bool = False
     shift: int = 2
     drop: float = 0.1
-    init_target: float = 2.0  # data init: 99th-percentile input current per bin, in thresholds
+    init_target: float | None = 2.0  # data init: 99th-percentile input current per bin, in thresholds; None: torch's
     scale_mode: str = "max"  # weight scale per layer: max | percentile
     balance_percentile: float = 99.9  # ANN-to-SNN data-based normalisation
     balance_gain: float = 1.0
@@ -74,8 +78,10 @@ class TrainConfig:
             raise InvalidArgument("substitute_hidden", f"only cil-bptt substitutes hidden layers, not {self.method}")
         if not self.surrogate_width > 0:
             raise InvalidArgument("surrogate_width", f"must be > 0, got {self.surrogate_width}")
-        if self.init_target <= 0:
-            raise InvalidArgument("init_target", f"must be > 0, got {self.init_target}")
+        if self.init_target is not None and not self.init_target > 0:
+            raise InvalidArgument("init_target", f"must be > 0 (or none: torch's default init), got {self.init_target}")
+        if self.readout not in ("charge", "counts"):
+            raise InvalidArgument("readout", f"must be 'charge' or 'counts', got {self.readout!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise InvalidArgument("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         check_fold(self.fold, self.val_fraction)
@@ -88,6 +94,14 @@ class TrainConfig:
         if self.duration_us < self.bins:
             raise InvalidArgument("duration_us", "must be at least one microsecond per bin")
         return self
+
+    @property
+    def snn_recipe(self) -> str:
+        """The SNN routes' recipe in words, for reports."""
+        clamp = "no hidden clamp" if self.theta_low is None else f"hidden clamp at {self.theta_low:g} threshold"
+        init = "torch's default init" if self.init_target is None else f"data init at {self.init_target:g} thresholds"
+        qat = "QAT" if self.qat else "bptt in float, quantized after training"
+        return f"SNN recipe: readout {self.readout}, {qat}, {init}, {clamp}"
 
     def to_dict(self) -> dict:
         d = asdict(self)

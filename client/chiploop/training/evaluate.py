@@ -77,7 +77,7 @@ def evaluate(
         per_sample["software_pred"].append(software)
         if pending is not None:
             result = pending.result()
-            on_chip = chip_score(result, last, threshold).argmax(1)
+            on_chip = chip_score(result, last, threshold, snn.readout).argmax(1)
             hits["chip"] += int((on_chip == labels).sum())
             hits["agree"] += int((on_chip == sync_int).sum())
             per_sample["chip_pred"].append(on_chip)

@@ -146,7 +146,7 @@ def _note(cfg: TrainConfig, budget_min: float, seconds: float) -> str:
     return (
         f"Data: {cfg.data or 'bundled nmnist-small'}; validation split {cfg.val_fraction:.0%} (stratified, "
         f"seed {cfg.seed}); T = {cfg.bins} bins over {cfg.duration_us / 1000:.0f} ms; batch {cfg.batch_size}; "
-        f"width {cfg.width:g}; chip: {chip}. Software = the method's own trained model (ANN for cnn/cnn-qat/"
+        f"width {cfg.width:g}; {cfg.snn_recipe}; chip: {chip}. Software = the method's own trained model (ANN for cnn/cnn-qat/"
         f"cil-ann, the synchronous integer SNN for bptt/cil-bptt); degradation = software - chip. "
         f"Budget {budget_min:g} min, took {seconds / 60:.1f} min."
     )
@@ -249,13 +249,14 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
                     f"got right on the chip, {p['only_baseline_right']} only {twin}."
                 )
     n_val = [f.n for f in finals[methods[0]]]
+    recipe = results[keys[0]][methods[0]].config.snn_recipe
     if kind == "fold":
         lines += ["", f"{len(labels)} folds of one seed's stratified split ({', '.join(map(str, n_val))} samples): "
-                  "each sample is validated once, by models that never trained on it."]  # fmt: skip
+                  f"each sample is validated once, by models that never trained on it. {recipe}."]  # fmt: skip
     else:
         lines += ["", f"{len(labels)} seeds; each seed draws its own validation split of {n_val[0]} samples, its own "
                   f"initialisation and data order (the splits overlap, so the pooled standard error is optimistic). "
-                  f"One sample is {100 / max(n_val[0], 1):.1f} points."]  # fmt: skip
+                  f"One sample is {100 / max(n_val[0], 1):.1f} points. {recipe}."]  # fmt: skip
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     (out / f"{name}.json").write_text(
         json.dumps({name: keys, "percent": pct, "pooled": pooled, "chip_margins": margins, "paired": paired}, indent=2)

@@ -4,7 +4,8 @@
   (balanced thresholds, int8 on the ANN's grid) for the chip after training.
 - ``cnn-qat``: the same with the weights fake-quantized (int8 STE) in training.
 - ``bptt``: the spiking CNN over T bins, surrogate gradients, QAT (the forward
-  is the exported integer network).
+  is the exported integer network); with ``qat=False`` trained in float and
+  quantized after training (sinabs' usual route to the chip).
 - ``cil-bptt``: bptt, but every iteration runs the batch on the chip and the
   chip's per-bin output spikes and membranes (and optionally monitored hidden
   layers' spikes) replace the sync model's in the forward, straight-through;
@@ -147,16 +148,29 @@ class BPTT(Method):
     def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
         super().__init__(cfg, readout)
         surrogate = PeriodicExponential(grad_width=cfg.surrogate_width)
-        self.model = SpikingCNN(self.arch, neuron=cfg.neuron, theta_low=cfg.theta_low, surrogate=surrogate)  # type: ignore[arg-type]
+        self.model = SpikingCNN(
+            self.arch, neuron=cfg.neuron, theta_low=cfg.theta_low, surrogate=surrogate, readout=cfg.readout  # type: ignore[arg-type]
+        )
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
 
+    @property
+    def trains_quantized(self) -> bool:
+        """Whether the training forward is the integer network (``qat``; cil-bptt's proxy always is)."""
+        return self.cfg.qat
+
     def setup(self, calibration: torch.Tensor) -> None:
-        data_init(self.model, calibration, target=self.cfg.init_target)
+        if self.cfg.init_target is not None:  # None: torch's default init
+            data_init(self.model, calibration, target=self.cfg.init_target)
 
     def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         # Scales (hence int thresholds) move once per epoch; within it only weights change.
         self.model.calibrate_scales(self.cfg.scale_mode)
+
+    def prepare_export(self, calibration: torch.Tensor) -> None:
+        if not self.trains_quantized:
+            # Post-training quantization: the scales of the weights as trained, so nothing clips.
+            self.model.calibrate_scales(self.cfg.scale_mode)
 
     def snn(self) -> SpikingCNN:
         return self.model
@@ -166,7 +180,7 @@ class BPTT(Method):
         return self.model(frames, quantized=True, ticks=self.ticks).score
 
     def loss_and_score(self, batch: Batch, chip: Chip | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-        out = self.model(self.tensor(batch.frames), quantized=True, ticks=self.ticks)
+        out = self.model(self.tensor(batch.frames), quantized=self.trains_quantized, ticks=self.ticks)
         return F.cross_entropy(out.score, self.tensor(batch.labels)), out.score, 0.0
 
     def state_dict(self) -> dict:
@@ -190,6 +204,7 @@ class CILBPTT(BPTT):
     name = "cil-bptt"
     chip_in_loop = True
     in_loop = True  # False during the first ``pretrain_epochs`` (plain bptt)
+    trains_quantized = True  # the proxy must compute the network the chip runs
 
     @property
     def chip_readout(self) -> Readout:
@@ -227,7 +242,7 @@ class CILBPTT(BPTT):
         spikes_chip, v_chip = chip_outputs(result, self.model.num_layers - 1)
         spikes = straight_through(out.spikes, spikes_chip)
         v_mem = straight_through(out.v_mem, v_chip)
-        score = readout_score(spikes, v_mem, out.threshold)
+        score = readout_score(spikes, v_mem, out.threshold, out.readout)
         return F.cross_entropy(score, self.tensor(batch.labels)), score.detach(), waited
 
     def after_step(self, chip: Chip | None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from chiploop.models import readout_score
+from chiploop.models import ReadoutKind, readout_score
 from chiploop.run import RunResult
 
 
@@ -31,9 +31,9 @@ def chip_outputs(result: RunResult, layer: int) -> tuple[torch.Tensor, torch.Ten
     return torch.from_numpy(counts), torch.from_numpy(membranes)
 
 
-def chip_score(result: RunResult, layer: int, threshold: float) -> np.ndarray:
-    """The readout used everywhere: total spikes + last membrane / threshold, [n, K]."""
-    return readout_score(*chip_outputs(result, layer), threshold).numpy()
+def chip_score(result: RunResult, layer: int, threshold: float, readout: ReadoutKind = "charge") -> np.ndarray:
+    """The chip's ``readout_score`` of an output layer, [n, K]."""
+    return readout_score(*chip_outputs(result, layer), threshold, readout).numpy()
 
 
 def align_to_logits(score: torch.Tensor | np.ndarray, logit_per_unit: float) -> torch.Tensor:

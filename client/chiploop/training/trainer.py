@@ -78,7 +78,7 @@ def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, re
 #: Fields a resumed run must share with its checkpoint (epochs may grow, the chip may move).
 RESUME_FIELDS = (
     "method", "seed", "bins", "duration_us", "batch_size", "val_fraction", "fold", "max_train", "max_val", "width",
-    "neuron", "theta_low", "augment", "scale_mode",
+    "neuron", "theta_low", "readout", "qat", "init_target", "augment", "scale_mode",
 )
 
 
