@@ -4,6 +4,9 @@ daemon still serves."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -326,6 +329,7 @@ def test_config_precedence_is_flags_over_env_over_file(tmp_path):
         ({}, {"CHIPLOOP_WORKERS": "two"}, "", "CHIPLOOP_WORKERS: must be int, got 'two'"),
         ({"address": "nowhere"}, {}, "", "address: must be HOST:PORT"),
         ({"workers": 0}, {}, "", "workers: must be >= 1"),
+        ({"parent_pid": 0}, {}, "", "parent_pid: must be a process id"),
     ],
 )
 def test_bad_settings_are_refused_naming_where_they_came_from(tmp_path, flags, env, text, match):
@@ -359,6 +363,38 @@ def test_sigterm_lets_the_running_call_finish_then_exits_cleanly(nmnist_samples)
             stopper.join(30)
         assert local.process.returncode == 0
         assert local.port is None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's new parent may be slow to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_local_daemon_stops_when_its_trainer_is_killed():
+    trainer = (
+        "import time\n"
+        "from chiploop_server.local import LocalDaemon\n"
+        "daemon = LocalDaemon(extra_args=['--no-warm-up']).start()\n"
+        "print(daemon.process.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", trainer], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert _running(pid)
+    finally:
+        parent.kill()  # SIGKILL: no clean-up runs in the trainer
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while _running(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("the daemon outlived its killed parent")
+        time.sleep(0.1)
 
 
 def test_info_and_health_commands(daemon, capsys):

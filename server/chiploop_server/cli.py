@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--session-ttl-s", type=float, help=f"seconds an ended session stays readable (default {defaults.session_ttl_s:g})")
     serve.add_argument("--grace-s", type=float, help=f"seconds running calls get on SIGTERM (default {defaults.grace_s:g})")
     serve.add_argument("--port-file", help="write the bound port to this file once serving")
+    serve.add_argument("--parent-pid", type=int, help="stop once this process is no longer the daemon's parent")
     serve.add_argument("--no-warm-up", dest="warm_up", action="store_const", const=False, help="skip compiling kernels at start")
     serve.add_argument("--log-level", help="DEBUG | INFO | WARNING | ERROR (default INFO)")
     serve.set_defaults(func=run_serve)
@@ -45,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 _SETTINGS = (
     "address", "backend", "workers", "config", "max_message_bytes", "max_queue", "max_models",
-    "max_sessions", "max_streams", "session_ttl_s", "grace_s", "port_file", "warm_up", "log_level",
+    "max_sessions", "max_streams", "session_ttl_s", "grace_s", "port_file", "parent_pid", "warm_up",
+    "log_level",
 )  # fmt: skip
 
 

@@ -51,6 +51,10 @@ class DaemonConfig:
     grace_s: float = 5.0
     #: When set, the bound port is written there once the daemon serves (how LocalDaemon learns it).
     port_file: str | None = None
+    #: When set, the daemon stops once this process is no longer its parent (LocalDaemon passes
+    #: its own pid: a trainer killed by SIGTERM or SIGKILL runs no clean-up, and its daemon
+    #: must not outlive it holding the cores and memory).
+    parent_pid: int | None = None
     #: Compile the backend's kernels before serving, so that the first call is not slow.
     warm_up: bool = True
     log_level: str = "INFO"
@@ -66,6 +70,8 @@ class DaemonConfig:
         for name in ("session_ttl_s", "grace_s"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.parent_pid is not None and self.parent_pid < 1:
+            raise InvalidArgument("parent_pid", f"must be a process id >= 1, got {self.parent_pid}")
         if self.max_message_bytes > 2**31 - 1:
             raise InvalidArgument("max_message_bytes", f"gRPC allows at most 2 GiB - 1, got {self.max_message_bytes}")
         return self
@@ -74,6 +80,7 @@ class DaemonConfig:
 _FIELDS = {f.name: f for f in fields(DaemonConfig)}
 _TYPES = {name: type(getattr(DaemonConfig(), name)) for name in _FIELDS}
 _TYPES["port_file"] = str
+_TYPES["parent_pid"] = int
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

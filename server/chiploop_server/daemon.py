@@ -156,7 +156,9 @@ def serve(config: DaemonConfig) -> int:
     daemon.start()
     print(f"chiploop daemon: backend {config.backend} serving on {daemon.address} (pid {os.getpid()})", flush=True)
     while not stop.wait(0.2):
-        pass
+        if config.parent_pid is not None and os.getppid() != config.parent_pid:
+            log.warning("parent process %d is gone: stopping", config.parent_pid)
+            break
     daemon.stop()
     log.info("stopped")
     return 0

@@ -9,6 +9,8 @@ trainer's for the GIL; the child gets NUMBA_NUM_THREADS / OMP_NUM_THREADS =
 ``workers`` and the allocator settings that keep large messages fast. The bound
 port comes back through a port file; the context manager returns once the daemon
 answers its health check SERVING, and stops it (SIGTERM, then SIGKILL) on exit.
+The child also stops by itself when this process dies without that clean-up
+(``--parent-pid``).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class LocalDaemon:
         command = [
             sys.executable, "-m", "chiploop_server", "serve",
             "--address", self.bind, "--backend", self.backend, "--workers", threads,
-            "--port-file", str(port_file), *self.extra_args,
+            "--port-file", str(port_file), "--parent-pid", str(os.getpid()), *self.extra_args,
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             # Output goes to a file: a pipe nobody reads would fill and stall the daemon.
