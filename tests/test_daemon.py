@@ -344,6 +344,8 @@ def test_serve_with_a_bad_setting_exits_2_with_the_reason(capsys):
 
     assert main(["serve", "--address", "127.0.0.1:0", "--workers", "0"]) == 2
     assert "workers: must be >= 1" in capsys.readouterr().err
+    assert main(["serve", "--address", "127.0.0.1:0", "--parent-pid", str(os.getpid())]) == 2
+    assert "parent_pid: " in capsys.readouterr().err  # this test process is not its own parent
 
 
 def test_sigterm_lets_the_running_call_finish_then_exits_cleanly(nmnist_samples):

@@ -11,6 +11,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+from chiploop.errors import InvalidArgument
 from chiploop.v1 import chiploop_pb2, chiploop_pb2_grpc
 from chiploop.wire import tune_malloc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -137,7 +138,11 @@ class Daemon:
 
 
 def serve(config: DaemonConfig) -> int:
-    """Run the daemon until SIGTERM or SIGINT; the exit status."""
+    """Run the daemon until SIGTERM or SIGINT (or its ``parent_pid`` goes); the exit status."""
+    if config.parent_pid is not None and os.getppid() != config.parent_pid:
+        raise InvalidArgument(
+            "parent_pid", f"{config.parent_pid} is not this daemon's parent (its parent is {os.getppid()})"
+        )
     logging.basicConfig(
         level=getattr(logging, config.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
