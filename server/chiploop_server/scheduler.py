@@ -73,17 +73,24 @@ class Scheduler:
     def _dead(self, job: Job) -> bool:
         """A waiting job nobody will read: its caller cancelled, or its deadline passed.
 
-        An expired job is cancelled here rather than left for gRPC's cancel callback, which
-        fires a moment after the caller has seen DeadlineExceeded: until then the dead job
-        would still hold a place in a full queue. The servicer waiting on it times out at
-        that same deadline, so cancelling it takes nothing from anyone.
+        An expired job is answered here, as the worker would answer it, rather than left for
+        gRPC's cancel callback, which fires a moment after the caller has seen DeadlineExceeded:
+        until then the dead job would still hold a place in a full queue.
         """
-        if job.future.cancelled():
-            return True
-        if job.expired() and job.future.cancel():
-            self.jobs_expired += 1
-            return True
-        return False
+        if not job.expired():
+            return job.future.cancelled()
+        if job.future.set_running_or_notify_cancel():  # False: cancelled meanwhile, dead all the same
+            self._expire(job, time.monotonic())
+        return True
+
+    def _expire(self, job: Job, now: float) -> None:
+        """Answer a job whose deadline passed before it started (its future marked running)."""
+        self.jobs_expired += 1
+        job.future.set_exception(
+            DeadlineExceeded(
+                f"the deadline passed after {now - job.submitted_at:.3f} s in the queue, before the {job.kind} started"
+            )
+        )
 
     def submit(self, job: Job) -> Future:
         """Queue a job; ResourceExhausted when the queue is full, BackendUnavailable when stopping."""
@@ -132,11 +139,7 @@ class Scheduler:
                 continue  # the caller went away (cancelled RPC) while it waited
             job.started_at = time.monotonic()
             if job.expired(job.started_at):
-                self.jobs_expired += 1
-                waited = job.started_at - job.submitted_at
-                job.future.set_exception(
-                    DeadlineExceeded(f"the deadline passed after {waited:.3f} s in the queue, before the {job.kind} started")
-                )
+                self._expire(job, job.started_at)
                 continue
             self.running = job
             try:

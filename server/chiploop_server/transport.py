@@ -151,8 +151,6 @@ class ChipServicer(pb_grpc.ChipServicer):
             state = "running" if future.running() else "queued"
             raise DeadlineExceeded(f"the deadline passed while the {job.kind} was {state}") from None
         except concurrent.futures.CancelledError:
-            if job.expired():  # the queue dropped it at its deadline, just before this wait timed out
-                raise DeadlineExceeded(f"the deadline passed while the {job.kind} was queued") from None
             raise DeadlineExceeded(f"the {job.kind} was cancelled: the call ended before it started") from None
 
     # ------------------------------------------------------------ models
