@@ -8,10 +8,18 @@ fully connected layer, written as a conv whose kernel covers its whole input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from chiploop.spec import InputLayer, Layer, NetworkSpec
+
+#: The spiking CNN's neuron kinds and output readouts (``chiploop.models``), here so that the
+#: training config and CLI can name them without importing torch.
+NeuronKind = Literal["iaf", "leaky"]
+NEURON_KINDS: tuple[str, ...] = ("iaf", "leaky")
+ReadoutKind = Literal["charge", "counts"]
+READOUT_KINDS: tuple[str, ...] = ("charge", "counts")
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from chiploop.architectures import NeuronKind
 from chiploop.errors import InvalidArgument
 from chiploop.limits import validate
-from chiploop.models import ANNTwin, NeuronKind, SpikingCNN
+from chiploop.models import ANNTwin, SpikingCNN
 from chiploop.quant import quantize_leak, quantize_weights
 from chiploop.spec import NetworkSpec
 

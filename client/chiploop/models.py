@@ -20,14 +20,21 @@ chip's leak period to the bin width, so both add it once per bin.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from sinabs.layers import IAFSqueeze, SumPool2d
 from torch import nn
 
-from chiploop.architectures import NMNIST_PAPER, Architecture, ConvStage
+from chiploop.architectures import (
+    NEURON_KINDS,
+    NMNIST_PAPER,
+    READOUT_KINDS,
+    Architecture,
+    ConvStage,
+    NeuronKind,
+    ReadoutKind,
+)
 from chiploop.errors import InvalidArgument
 from chiploop.quant import (
     STATE_MAX,
@@ -39,11 +46,6 @@ from chiploop.quant import (
     quantize_threshold_low,
     weight_scale,
 )
-
-NeuronKind = Literal["iaf", "leaky"]
-NEURON_KINDS: tuple[str, ...] = ("iaf", "leaky")
-ReadoutKind = Literal["charge", "counts"]
-READOUT_KINDS: tuple[str, ...] = ("charge", "counts")
 
 
 def scaled_architecture(arch: Architecture, width: float = 1.0) -> Architecture:

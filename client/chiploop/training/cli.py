@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from chiploop.architectures import NEURON_KINDS, READOUT_KINDS
 from chiploop.errors import InvalidArgument
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 
@@ -38,10 +39,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-val", type=int, default=None, help="use a seeded subset of the validation split")
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr)
     p.add_argument("--width", type=float, default=_DEFAULTS.width, help="hidden channel multiplier (1: the paper's net)")
-    p.add_argument("--neuron", choices=("iaf", "leaky"), default=_DEFAULTS.neuron)
+    p.add_argument("--neuron", choices=NEURON_KINDS, default=_DEFAULTS.neuron)
     p.add_argument("--theta-low", type=float_or_none, default=_DEFAULTS.theta_low,
                    help="bptt, cil-bptt: hidden threshold_low, in thresholds; 'none': no clamp (the state's floor, -32768)")
-    p.add_argument("--readout", choices=("charge", "counts"), default=_DEFAULTS.readout,
+    p.add_argument("--readout", choices=READOUT_KINDS, default=_DEFAULTS.readout,
                    help="bptt, cil-bptt: the score is total output spikes + last membrane / threshold (charge) "
                         "or total spikes alone (counts, sinabs' usual readout)")
     p.add_argument("--no-qat", action="store_true",

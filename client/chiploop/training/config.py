@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from chiploop.architectures import NMNIST_PAPER
+from chiploop.architectures import NEURON_KINDS, NMNIST_PAPER, READOUT_KINDS
 from chiploop.data.split import check_fold
 from chiploop.errors import InvalidArgument
 
@@ -80,13 +80,13 @@ class TrainConfig:
             raise InvalidArgument("surrogate_width", f"must be > 0, got {self.surrogate_width}")
         if self.init_target is not None and not self.init_target > 0:
             raise InvalidArgument("init_target", f"must be > 0 (or none: torch's default init), got {self.init_target}")
-        if self.readout not in ("charge", "counts"):
-            raise InvalidArgument("readout", f"must be 'charge' or 'counts', got {self.readout!r}")
+        if self.readout not in READOUT_KINDS:
+            raise InvalidArgument("readout", f"must be one of {', '.join(READOUT_KINDS)}, got {self.readout!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise InvalidArgument("val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         check_fold(self.fold, self.val_fraction)
-        if self.neuron not in ("iaf", "leaky"):
-            raise InvalidArgument("neuron", f"must be 'iaf' or 'leaky', got {self.neuron!r}")
+        if self.neuron not in NEURON_KINDS:
+            raise InvalidArgument("neuron", f"must be one of {', '.join(NEURON_KINDS)}, got {self.neuron!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise InvalidArgument("lr_schedule", f"must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.lr <= 0:

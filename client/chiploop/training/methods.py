@@ -361,7 +361,7 @@ class CILANN(CNNQAT):
         waited = time.perf_counter() - t
         snn = self.snn()
         out_thr = snn.thresholds(snn.num_layers - 1, quantized=True)[0]
-        score = chip_score(result, snn.num_layers - 1, out_thr)
+        score = chip_score(result, snn.num_layers - 1, out_thr, snn.readout)
         chip_logits = align_to_logits(score, self.balance.logit_per_unit)
         return straight_through(logits, chip_logits), logits, waited
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from chiploop.models import ReadoutKind, readout_score
+from chiploop.architectures import ReadoutKind
+from chiploop.models import readout_score
 from chiploop.run import RunResult
 
 
