@@ -22,6 +22,12 @@ pytestmark = needs_data
 TINY = dict(width=0.25, bins=3, batch_size=32, max_train=64, max_val=40, calibration_samples=32, progress=False)
 
 
+def tiny_cli_args(daemon, max_val: int, *extra: str) -> list[str]:
+    """``chiploop train`` flags for a quick run against ``daemon``."""
+    return ["--chip", daemon.address, "--width", "0.25", "--bins", "3", "--batch-size", "32", "--max-train", "32",
+            "--max-val", str(max_val), "--quiet", *extra]  # fmt: skip
+
+
 def test_train_writes_everything_and_resumes(tmp_path, daemon):
     torch.manual_seed(0)
     cfg = TrainConfig(method="cil-bptt", epochs=1, out=str(tmp_path / "run"), chip=(daemon.address,), **TINY)
@@ -43,8 +49,7 @@ def test_train_writes_everything_and_resumes(tmp_path, daemon):
 
 def test_cli_train_then_eval(tmp_path, daemon, capsys):
     out = tmp_path / "cli"
-    args = ["--chip", daemon.address, "--width", "0.25", "--bins", "3", "--batch-size", "32", "--max-train", "32",
-            "--max-val", "30", "--quiet"]
+    args = tiny_cli_args(daemon, 30)
     assert main(["train", "--method", "bptt", "--epochs", "1", "--out", str(out), *args]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert main(["eval", str(out / "checkpoint.pt"), "--chip", daemon.address, "--json"]) == 0
@@ -175,8 +180,7 @@ def test_missing_or_foreign_checkpoints_are_refused(tmp_path):
 
 def test_theta_low_none_means_no_hidden_clamp(tmp_path, daemon, capsys):
     out = tmp_path / "noclamp"
-    args = ["--chip", daemon.address, "--width", "0.25", "--bins", "3", "--batch-size", "32", "--max-train", "32",
-            "--max-val", "20", "--quiet", "--theta-low", "none"]  # fmt: skip
+    args = tiny_cli_args(daemon, 20, "--theta-low", "none")
     assert main(["train", "--method", "bptt", "--epochs", "1", "--out", str(out), *args]) == 0
     capsys.readouterr()
     ckpt = load_checkpoint(out / "checkpoint.pt")
@@ -187,9 +191,7 @@ def test_theta_low_none_means_no_hidden_clamp(tmp_path, daemon, capsys):
 
 def test_sinabs_recipe_trains_in_float_reads_counts_and_quantizes_after_training(tmp_path, daemon, capsys):
     out = tmp_path / "sinabs"
-    args = ["--chip", daemon.address, "--width", "0.25", "--bins", "3", "--batch-size", "32", "--max-train", "32",
-            "--max-val", "30", "--quiet", "--readout", "counts", "--no-qat", "--init-target", "none",
-            "--theta-low", "-1"]  # fmt: skip
+    args = tiny_cli_args(daemon, 30, "--readout", "counts", "--no-qat", "--init-target", "none", "--theta-low", "-1")
     assert main(["train", "--method", "bptt", "--epochs", "1", "--out", str(out), *args]) == 0
     trained = json.loads(capsys.readouterr().out)
     ckpt = load_checkpoint(out / "checkpoint.pt")
