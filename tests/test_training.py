@@ -178,6 +178,28 @@ def test_missing_or_foreign_checkpoints_are_refused(tmp_path):
         run_experiment(TrainConfig(out=str(tmp_path)), ["bptt"], budget_min=0)
 
 
+def test_cil_bptt_starts_from_a_bptt_checkpoint_trained_without_the_chip(tmp_path, daemon):
+    base = TrainConfig(method="bptt", epochs=1, out=str(tmp_path / "bptt"), chip=(daemon.address,), **TINY)
+    bptt = train(base)
+    start = str(bptt.out / "checkpoint.pt")
+    # A learning rate too small to move a float32 weight: the run keeps exactly the model it started from.
+    tuned = train(replace(base, method="cil-bptt", out=str(tmp_path / "cil"), init_from=start, lr=1e-30))
+    before = load_checkpoint(start)["method"]["model"]
+    after = load_checkpoint(tuned.out / "checkpoint.pt")["method"]["model"]
+    trained = [k for k in before if k.startswith(("convs.", "theta"))]
+    assert len(trained) == 7  # six layers' weights and the thresholds
+    for key in trained:
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0)
+    assert json.loads((tuned.out / "config.json").read_text())["init_from"] == start
+
+    with pytest.raises(InvalidArgument, match="holds a bptt model; cil-ann starts only from cnn or cnn-qat or cil-ann"):
+        train(replace(base, method="cil-ann", out=str(tmp_path / "x"), init_from=start))
+    with pytest.raises(InvalidArgument, match="width"):
+        train(replace(base, method="cil-bptt", out=str(tmp_path / "x"), init_from=start, width=0.5))
+    with pytest.raises(InvalidArgument, match="no such file"):
+        main(["train", "--method", "cil-bptt", "--init-from", str(tmp_path / "none.pt"), *tiny_cli_args(daemon, 8)])
+
+
 def test_theta_low_none_means_no_hidden_clamp(tmp_path, daemon, capsys):
     out = tmp_path / "noclamp"
     args = tiny_cli_args(daemon, 20, "--theta-low", "none")

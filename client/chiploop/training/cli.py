@@ -123,7 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
     from chiploop.training.trainer import train  # noqa: PLC0415 - torch import only when used
 
-    cfg = _config(args, method=args.method, epochs=args.epochs, out=args.out, resume=args.resume)
+    cfg = _config(args, method=args.method, epochs=args.epochs, out=args.out, resume=args.resume,
+                  init_from=args.init_from)
     result = train(cfg)
     f = result.final
     print(json.dumps({"method": cfg.method, "out": str(result.out), "epochs": len(result.history), **f.as_dict()}, indent=2))
@@ -179,6 +180,10 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     p.add_argument("--out", default=_DEFAULTS.out, help="run folder: checkpoint, metrics.csv, tb/, plots")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's trained model instead of a fresh init (the same model "
+                        "family: bptt/cil-bptt, or cnn/cnn-qat/cil-ann), e.g. cil-bptt fine-tuning of a bptt model "
+                        "trained without the chip; the optimiser and the schedule start afresh")
     _common(p)
     p.set_defaults(func=cmd_train)
 

@@ -9,6 +9,13 @@ from chiploop.data.split import check_fold
 from chiploop.errors import InvalidArgument
 
 METHOD_NAMES: tuple[str, ...] = ("cnn", "cnn-qat", "bptt", "cil-bptt", "cil-ann")
+#: Methods that train the same model, so one can start from another's checkpoint (``init_from``).
+METHOD_FAMILIES: tuple[tuple[str, ...], ...] = (("bptt", "cil-bptt"), ("cnn", "cnn-qat", "cil-ann"))
+
+
+def method_family(method: str) -> tuple[str, ...]:
+    """The methods whose checkpoints hold the same model as ``method``'s."""
+    return next(f for f in METHOD_FAMILIES if method in f)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class TrainConfig:
     balance_gain: float = 1.0
     calibration_samples: int = 256  # training samples used for init and balancing
     pretrain_epochs: int = 0  # cil-*: the first epochs without the chip in the loop (software warm start)
+    init_from: str | None = None  # a checkpoint of the same model family to start from instead of the init
     substitute_hidden: tuple[int, ...] = ()  # cil-bptt: hidden layers whose spikes are also the chip's
     chip_eval: bool = True  # measure validation accuracy on the chip after every epoch
     time_limit_s: float | None = None  # stop after the epoch that passes it

@@ -27,7 +27,7 @@ from chiploop.data.split import stratified_split
 from chiploop.errors import InvalidArgument
 from chiploop.spec import NetworkSpec
 from chiploop.training.chip import Chip, open_chip
-from chiploop.training.config import TrainConfig
+from chiploop.training.config import TrainConfig, method_family
 from chiploop.training.evaluate import EvalResult, evaluate
 from chiploop.training.methods import Method, make_method
 
@@ -91,6 +91,28 @@ def _check_resumable(cfg: TrainConfig, saved: TrainConfig, path: Path) -> None:
             )
 
 
+#: Fields a run started from another checkpoint (``init_from``) must share with it: the model's shape.
+MODEL_FIELDS = ("width", "neuron")
+
+
+def _initial_model(cfg: TrainConfig) -> dict | None:
+    """The model state ``cfg.init_from`` holds, checked against ``cfg`` (None: no init_from, or a resume)."""
+    if cfg.init_from is None or (cfg.resume and (Path(cfg.out) / CHECKPOINT).is_file()):
+        return None
+    path = Path(cfg.init_from)
+    ckpt = load_checkpoint(path)
+    saved = TrainConfig.from_dict(ckpt["config"])
+    family = method_family(cfg.method)
+    if saved.method not in family:
+        raise InvalidArgument(
+            "init_from", f"{path} holds a {saved.method} model; {cfg.method} starts only from {' or '.join(family)}"
+        )
+    for name in MODEL_FIELDS:
+        if getattr(cfg, name) != getattr(saved, name):
+            raise InvalidArgument(name, f"is {getattr(cfg, name)!r} but {path} was trained with {getattr(saved, name)!r}")
+    return ckpt["method"]["model"]
+
+
 def _save_checkpoint(path: Path, cfg: TrainConfig, epoch: int, method: Method, history: list[dict]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -141,14 +163,15 @@ def _tensorboard(out: Path):
 def train(cfg: TrainConfig, chip: Chip | None = None) -> TrainResult:
     """Train ``cfg.method``; ``chip``: an open chip (else one is opened from ``cfg.chip``)."""
     cfg.check()
+    initial_model = _initial_model(cfg)  # before the chip: a bad checkpoint costs no daemon start
     needs_chip = cfg.method.startswith("cil-") or cfg.chip_eval
     with contextlib.ExitStack() as stack:
         if chip is None and needs_chip:
             chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers))
-        return _train(cfg, chip)
+        return _train(cfg, chip, initial_model)
 
 
-def _train(cfg: TrainConfig, chip: Chip | None) -> TrainResult:
+def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> TrainResult:
     started = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -169,6 +192,8 @@ def _train(cfg: TrainConfig, chip: Chip | None) -> TrainResult:
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
         torch.set_rng_state(ckpt["torch_rng"])
+    elif initial_model is not None:
+        method.model.load_state_dict(initial_model)  # trained weights, thresholds, scales; a fresh optimiser
     else:
         method.setup(calib)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
