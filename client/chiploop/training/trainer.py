@@ -82,13 +82,18 @@ RESUME_FIELDS = (
 )
 
 
-def _check_resumable(cfg: TrainConfig, saved: TrainConfig, path: Path) -> None:
-    for name in RESUME_FIELDS:
+def _check_same(cfg: TrainConfig, saved: TrainConfig, path: Path, names: tuple[str, ...], advice: str = "") -> None:
+    """Refuse, by name, the first of ``names`` in which ``cfg`` differs from the config ``path`` was trained with."""
+    for name in names:
         if getattr(cfg, name) != getattr(saved, name):
             raise InvalidArgument(
-                name, f"is {getattr(cfg, name)!r} but {path} was trained with {getattr(saved, name)!r}; "
-                "use another --out or the same settings to resume"
+                name, f"is {getattr(cfg, name)!r} but {path} was trained with {getattr(saved, name)!r}{advice}"
             )
+
+
+def _resumes(cfg: TrainConfig) -> bool:
+    """Whether the run continues from the checkpoint in its ``out`` folder."""
+    return cfg.resume and (Path(cfg.out) / CHECKPOINT).is_file()
 
 
 #: Fields a run started from another checkpoint (``init_from``) must share with it: the model's shape.
@@ -97,7 +102,7 @@ MODEL_FIELDS = ("width", "neuron")
 
 def _initial_model(cfg: TrainConfig) -> dict | None:
     """The model state ``cfg.init_from`` holds, checked against ``cfg`` (None: no init_from, or a resume)."""
-    if cfg.init_from is None or (cfg.resume and (Path(cfg.out) / CHECKPOINT).is_file()):
+    if cfg.init_from is None or _resumes(cfg):
         return None
     path = Path(cfg.init_from)
     ckpt = load_checkpoint(path)
@@ -107,9 +112,7 @@ def _initial_model(cfg: TrainConfig) -> dict | None:
         raise InvalidArgument(
             "init_from", f"{path} holds a {saved.method} model; {cfg.method} starts only from {' or '.join(family)}"
         )
-    for name in MODEL_FIELDS:
-        if getattr(cfg, name) != getattr(saved, name):
-            raise InvalidArgument(name, f"is {getattr(cfg, name)!r} but {path} was trained with {getattr(saved, name)!r}")
+    _check_same(cfg, saved, path, MODEL_FIELDS)
     return ckpt["method"]["model"]
 
 
@@ -185,9 +188,12 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> T
     history: list[dict] = []
     start_epoch = 0
     ckpt_path = out / CHECKPOINT
-    if cfg.resume and ckpt_path.is_file():
+    if _resumes(cfg):
         ckpt = load_checkpoint(ckpt_path)
-        _check_resumable(cfg, TrainConfig.from_dict(ckpt["config"]), ckpt_path)
+        _check_same(
+            cfg, TrainConfig.from_dict(ckpt["config"]), ckpt_path, RESUME_FIELDS,
+            "; use another --out or the same settings to resume",
+        )
         method.load_state_dict(ckpt["method"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
