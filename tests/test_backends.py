@@ -18,7 +18,7 @@ from chiploop.errors import (
     ResourceExhausted,
 )
 from chiploop.events import CHIP_EVENT_DTYPE
-from chiploop.run import Readout, pack_samples
+from chiploop.run import Readout, bin_counts, pack_samples
 from chiploop_server.devices import available_backends, open_device, real_samna_installed
 from chiploop_server.jobs import Job
 from chiploop_server.registry import Registry
@@ -369,9 +369,7 @@ def test_a_session_is_invisible_to_other_users():
 
 
 @pytest.mark.parametrize("spatial", [False, True])
-def test_samna_backends_bin_counts_like_the_simulator(sim_device, batch, spatial):
-    from chiploop_server.devices.samna_backends import bin_counts
-
+def test_bin_counts_from_events_equal_the_simulators_counts(sim_device, batch, spatial):
     events, offsets = batch
     spec = small_spec(threshold=8, monitor=(0,))
     readout = Readout(bin_us=50_000, num_bins=5, spatial_counts=spatial)

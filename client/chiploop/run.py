@@ -7,12 +7,15 @@ the daemon, and by ``ChipClient.run`` after decoding the wire message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from chiploop.errors import InvalidArgument
 from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE
+
+if TYPE_CHECKING:
+    from chiploop.spec import NetworkSpec
 
 RunMode = Literal["depth_first", "breadth_first", "sync"]
 RUN_MODES: tuple[str, ...] = ("depth_first", "breadth_first", "sync")
@@ -108,6 +111,45 @@ class RunResult:
             counters=np.concatenate([p.counters for p in parts]),
             compute_seconds=sum(p.compute_seconds for p in parts),
         )
+
+
+def event_count_index(
+    spec: NetworkSpec, events: np.ndarray, offsets: np.ndarray, readout: Readout
+) -> tuple[np.ndarray, dict[int, tuple[int, tuple[int, ...]]]]:
+    """Where each chip event counts: its index into one flat array holding the counts of every
+    recorded layer (output or monitored), and that array's layout, ``{layer: (start, shape)}``.
+    Events outside the readout's bins or of unrecorded layers are left out."""
+    layers = sorted(set(spec.output_layers) | set(spec.monitor))
+    shapes = [out for _, out in spec.layer_shapes()]
+    n, t = offsets.size - 1, readout.num_bins
+    layout, start = {}, 0
+    for i in layers:
+        shape = (n, t, *shapes[i]) if readout.spatial_counts else (n, t, shapes[i][0])
+        layout[i] = (start, shape)
+        start += int(np.prod(shape))
+    base = np.zeros(len(shapes), np.int64)
+    recorded = np.zeros(len(shapes), bool)
+    for i, (first, _) in layout.items():
+        base[i], recorded[i] = first, True
+    f, h, w = (np.array([s[j] for s in shapes], np.int64) for j in range(3))
+    layer = events["layer"].astype(np.int64)
+    sample = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+    b = (events["t"] - readout.t0_us) // readout.bin_us
+    keep = (b >= 0) & (b < t) & recorded[layer]
+    layer, sample, b, ev = layer[keep], sample[keep], b[keep], events[keep]
+    flat = (sample * t + b) * f[layer] + ev["k"]
+    if readout.spatial_counts:
+        flat = (flat * h[layer] + ev["y"]) * w[layer] + ev["x"]
+    return flat + base[layer], layout
+
+
+def bin_counts(spec: NetworkSpec, events: np.ndarray, offsets: np.ndarray, readout: Readout) -> dict[int, np.ndarray]:
+    """Spike counts of the recorded layers per sample and bin, from their chip events: what a
+    run's ``counts`` hold, for backends that return events alone."""
+    flat, layout = event_count_index(spec, events, offsets, readout)
+    size = sum(int(np.prod(shape)) for _, shape in layout.values())
+    total = np.bincount(flat, minlength=size).astype(np.int32)
+    return {i: total[first : first + int(np.prod(shape))].reshape(shape) for i, (first, shape) in layout.items()}
 
 
 def pack_samples(samples: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

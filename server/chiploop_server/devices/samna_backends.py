@@ -32,7 +32,7 @@ import numpy as np
 from chiploop.errors import BackendUnavailable, InvalidArgument
 from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events
 from chiploop.limits import SPECK
-from chiploop.run import COUNTER_NAMES, Readout, RunResult
+from chiploop.run import COUNTER_NAMES, Readout, RunResult, bin_counts
 from chiploop.spec import NetworkSpec
 
 from chiploop_server.devices.base import Device, Session
@@ -64,27 +64,6 @@ def check_readout(readout: Readout, n_layers: int, mode: str, backend: str) -> N
         raise InvalidArgument("readout.membrane_layers", f"backend {backend} cannot snapshot membranes yet")
     if readout.mode != mode:
         raise InvalidArgument("readout.mode", f"backend {backend} runs {mode} only, got {readout.mode}")
-
-
-def bin_counts(spec: NetworkSpec, events: np.ndarray, offsets: np.ndarray, readout: Readout) -> dict[int, np.ndarray]:
-    """Spike counts of the recorded layers per sample and bin, from their chip events."""
-    shapes = [out for _, out in spec.layer_shapes()]
-    n, t = offsets.size - 1, readout.num_bins
-    sample = np.repeat(np.arange(n), np.diff(offsets))
-    b = (events["t"] - readout.t0_us) // readout.bin_us
-    inside = (b >= 0) & (b < t)
-    counts = {}
-    for layer in sorted(set(spec.output_layers) | set(spec.monitor)):
-        f, h, w = shapes[layer]
-        mine = inside & (events["layer"] == layer)
-        ev, s, bb = events[mine], sample[mine], b[mine]
-        if readout.spatial_counts:
-            flat = (((s * t + bb) * f + ev["k"]) * h + ev["y"]) * w + ev["x"]
-            counts[layer] = np.bincount(flat, minlength=n * t * f * h * w).reshape(n, t, f, h, w).astype(np.int32)
-        else:
-            flat = (s * t + bb) * f + ev["k"]
-            counts[layer] = np.bincount(flat, minlength=n * t * f).reshape(n, t, f).astype(np.int32)
-    return counts
 
 
 class SamnaModel:
