@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from chiploop.data import NMNIST, make_batch, readout_for
 from chiploop.export import export_spec
 from chiploop.training.chip import ChipPool
-from chiploop.training.config import TrainConfig
+from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.methods import METHODS, make_method
 from chiploop.training.substitute import chip_outputs, straight_through
 from conftest import DATA, needs_data
@@ -45,23 +45,31 @@ def test_straight_through_forward_is_chip_backward_is_sync():
 
 
 @needs_data
-@pytest.mark.parametrize("readout", ["charge", "counts"])
-def test_cil_bptt_loss_is_the_chips_and_its_gradient_the_sync_graphs(chip, batch, readout):
-    """Forward value from the chip, gradient = sync Jacobian^T at the chip's loss gradient."""
+@pytest.mark.parametrize("readout,hidden", [("charge", None), ("counts", None), ("charge", ())])
+def test_cil_bptt_loss_is_the_chips_and_its_gradient_the_sync_graphs(chip, batch, readout, hidden):
+    """Forward value from the chip, gradient = sync Jacobian^T at the chip's loss gradient.
+
+    hidden None: cil-bptt's default, every hidden layer's spikes from the chip too, so the
+    sync graph is evaluated with the chip's hidden spikes injected; (): the outputs alone.
+    """
     torch.manual_seed(0)
-    cfg = TrainConfig(method="cil-bptt", readout=readout, **TINY)
+    cfg = TrainConfig(method="cil-bptt", readout=readout, substitute_hidden=hidden, **TINY)
     method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
+    assert cfg.substitute_hidden == (HIDDEN_LAYERS if hidden is None else ())
     method.setup(torch.from_numpy(batch.frames))
     method.start_epoch(0, torch.from_numpy(batch.frames), chip)
     labels = torch.from_numpy(batch.labels)
 
     loss, score, _ = method.loss_and_score(batch, chip)
-    result = chip.run(batch.events, method.chip_readout)
+    # The daemon's own per-neuron counts: the trainer bins the monitored layers' events itself.
+    result = chip.run(batch.events, replace(method.chip_readout, spatial_counts=True))
     spikes_chip, v_chip = chip_outputs(result, 5)
-    out = method.model(torch.from_numpy(batch.frames), ticks=method.ticks)
+    chip_hidden = {i: torch.from_numpy(result.counts[i].astype(np.float32)) for i in cfg.substitute_hidden}
+    out = method.model(torch.from_numpy(batch.frames), ticks=method.ticks, chip_spikes=chip_hidden or None)
     score_chip = spikes_chip.sum(1) + (v_chip[:, -1] / out.threshold if readout == "charge" else 0)
     torch.testing.assert_close(score, score_chip)  # the value is the chip's
-    assert not torch.equal(score_chip, out.score.detach())  # ... and differs from the sync model's
+    sync_alone = method.model(torch.from_numpy(batch.frames), ticks=method.ticks).score.detach()
+    assert not torch.equal(score_chip, sync_alone)  # ... and differs from the sync model's own
     torch.testing.assert_close(loss, F.cross_entropy(score_chip, labels))
 
     weights = [c.weight for c in method.model.convs]
@@ -89,7 +97,7 @@ def test_each_method_lowers_its_loss_against_the_daemon(name, neuron, recipe, ch
     assert losses[-1] < losses[0], losses
     if method.chip_in_loop:
         # The chip now holds exactly the method's current integer network (leaks included).
-        assert chip.model_id == chip.clients[0].deploy(method.spec()).model_id
+        assert chip.model_id == chip.clients[0].deploy(method.loop_spec()).model_id
 
 
 @needs_data

@@ -11,7 +11,7 @@ import pytest
 import torch
 from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
-from chiploop.training.config import TrainConfig
+from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.evaluate import EvalResult, paired_margin
 from chiploop.training.experiment import plan, run_experiment, run_folds, run_seeds
 from chiploop.training.trainer import load_checkpoint, train
@@ -163,6 +163,11 @@ def test_experiment_refuses_unknown_methods_and_gives_hidden_substitution_to_cil
         run_experiment(TrainConfig(out=str(tmp_path)), ["bpt"])
     configs = plan(replace(TrainConfig(out=str(tmp_path)), substitute_hidden=(2,)), ["bptt", "cil-bptt"], 5)
     assert configs["bptt"].substitute_hidden == () and configs["cil-bptt"].substitute_hidden == (2,)
+    # Unset, each method gets its own default: every hidden layer for cil-bptt, none for the rest.
+    configs = plan(TrainConfig(out=str(tmp_path)).check(), ["bptt", "cil-bptt"], 5)
+    assert configs["bptt"].check().substitute_hidden == ()
+    assert configs["cil-bptt"].check().substitute_hidden == HIDDEN_LAYERS
+    assert TrainConfig(method="cil-ann").check().substitute_hidden == ()
 
 
 def test_missing_or_foreign_checkpoints_are_refused(tmp_path):
@@ -198,6 +203,21 @@ def test_cil_bptt_starts_from_a_bptt_checkpoint_trained_without_the_chip(tmp_pat
         train(replace(base, method="cil-bptt", out=str(tmp_path / "x"), init_from=start, width=0.5))
     with pytest.raises(InvalidArgument, match="no such file"):
         main(["train", "--method", "cil-bptt", "--init-from", str(tmp_path / "none.pt"), *tiny_cli_args(daemon, 8)])
+
+
+def test_cil_bptt_substitutes_every_hidden_layer_unless_told_otherwise(tmp_path, daemon, capsys):
+    for name, flags, expected in [
+        ("default", (), list(HIDDEN_LAYERS)),
+        ("outputs", ("--substitute-hidden", "none"), []),
+        ("some", ("--substitute-hidden", "3,4"), [3, 4]),
+    ]:
+        out = tmp_path / name
+        assert main(["train", "--method", "cil-bptt", "--epochs", "1", "--out", str(out),
+                     *tiny_cli_args(daemon, 8, *flags)]) == 0  # fmt: skip
+        assert json.loads((out / "config.json").read_text())["substitute_hidden"] == expected, name
+    capsys.readouterr()
+    with pytest.raises(InvalidArgument, match="only cil-bptt"):
+        main(["train", "--method", "bptt", "--out", str(tmp_path / "x"), *tiny_cli_args(daemon, 8, "--substitute-hidden", "2")])
 
 
 def test_theta_low_none_means_no_hidden_clamp(tmp_path, daemon, capsys):

@@ -19,6 +19,7 @@ chip's leak period to the bin width, so both add it once per bin.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -156,6 +157,18 @@ class SNNOutput:
     hidden: list[torch.Tensor]  # per hidden layer: spikes [B, T, C, H, W] (before pooling)
     readout: ReadoutKind = "charge"  # the model's readout_score kind
 
+    @staticmethod
+    def concatenate(parts: list[SNNOutput]) -> SNNOutput:
+        """Join the passes of consecutive parts of one batch (samples are independent)."""
+        if len(parts) == 1:
+            return parts[0]
+        return replace(
+            parts[0],
+            spikes=torch.cat([p.spikes for p in parts]),
+            v_mem=torch.cat([p.v_mem for p in parts]),
+            hidden=[torch.cat(layer) for layer in zip(*(p.hidden for p in parts), strict=True)],
+        )
+
     @property
     def score(self) -> torch.Tensor:
         """[B, K] ``readout_score`` of this pass."""
@@ -286,7 +299,7 @@ class SpikingCNN(_ConvStack):
         self,
         frames: torch.Tensor,
         quantized: bool = True,
-        chip_spikes: dict[int, torch.Tensor] | None = None,
+        chip_spikes: Mapping[int, torch.Tensor] | Callable[[], Mapping[int, torch.Tensor]] | None = None,
         ticks: list[int] | None = None,
     ) -> SNNOutput:
         """frames: [B, T, C, H, W] event counts per bin.
@@ -295,7 +308,9 @@ class SpikingCNN(_ConvStack):
 
         chip_spikes: per layer, spike counts [B, T, C, H, W] measured on the chip;
         they replace that layer's spikes in the forward (straight-through: the
-        value is the chip's, the gradient the sync graph's).
+        value is the chip's, the gradient the sync graph's). A function returning
+        them is called once the first layer's neurons have run, so a caller can
+        wait for the chip there and layer 0 overlaps with the chip's run.
         """
         if frames.dim() != 5:
             raise InvalidArgument("frames", f"must be [B, T, C, H, W], got shape {tuple(frames.shape)}")
@@ -317,6 +332,8 @@ class SpikingCNN(_ConvStack):
             iaf.spike_threshold.data = torch.tensor(high, device=current.device)
             iaf.min_v_mem.data = torch.tensor(low, device=current.device)
             spikes = iaf(current)
+            if callable(chip_spikes):
+                chip_spikes = chip_spikes()
             if chip_spikes is not None and i in chip_spikes:
                 chip = chip_spikes[i].reshape(spikes.shape).to(spikes.dtype)
                 spikes = spikes + (chip - spikes).detach()

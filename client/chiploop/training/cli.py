@@ -57,7 +57,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-mode", choices=("max", "percentile"), default=_DEFAULTS.scale_mode,
                    help="per-layer weight scale: max|w|/127 or the 99.99th percentile of |w| / 127")
     p.add_argument("--augment", action="store_true", help="random shift and event drop, on the events")
-    p.add_argument("--substitute-hidden", default="", help="cil-bptt: comma-separated hidden layers whose spikes also come from the chip")
+    p.add_argument("--substitute-hidden", default=None,
+                   help="cil-bptt: comma-separated hidden layers whose spikes also come from the chip; "
+                        "default: all of them; 'none': the output layer's alone")
     p.add_argument("--pretrain-epochs", type=int, default=_DEFAULTS.pretrain_epochs,
                    help="cil-*: first epochs in software only, then the chip in the loop")
     p.add_argument("--no-chip-eval", action="store_true", help="skip the per-epoch validation on the chip")
@@ -75,8 +77,15 @@ def _int_list(name: str, text: str) -> tuple[int, ...]:
         raise InvalidArgument(name, f"must be comma-separated integers, got {text!r}") from None
 
 
+def _hidden_layers(text: str | None) -> tuple[int, ...] | None:
+    """--substitute-hidden: unset means the method's default (TrainConfig resolves it)."""
+    if text is None:
+        return None
+    return () if text.strip().lower() == "none" else _int_list("substitute_hidden", text)
+
+
 def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
-    hidden = _int_list("substitute_hidden", args.substitute_hidden)
+    hidden = _hidden_layers(args.substitute_hidden)
     cfg = TrainConfig(
         data=args.data,
         tonic=args.tonic,

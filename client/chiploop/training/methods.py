@@ -32,17 +32,24 @@ from chiploop.export import Balance, ann_to_snn, balance, export_spec, updated_w
 from chiploop.models import (
     ANNTwin,
     PeriodicExponential,
+    SNNOutput,
     SpikingCNN,
     data_init,
     leak_ticks,
     readout_score,
     scaled_architecture,
 )
-from chiploop.run import Readout
-from chiploop.training.chip import Chip
+from chiploop.run import Readout, RunResult
+from chiploop.training.chip import Chip, PendingRun
 from chiploop.training.config import TrainConfig
 from chiploop.training.device import resolve_device
-from chiploop.training.substitute import align_to_logits, chip_outputs, chip_score, straight_through
+from chiploop.training.substitute import (
+    align_to_logits,
+    chip_hidden_spikes,
+    chip_outputs,
+    chip_score,
+    straight_through,
+)
 
 
 @dataclass
@@ -122,6 +129,10 @@ class Method:
     def spec(self):
         return export_spec(self.snn(), self.readout.bin_us)
 
+    def loop_spec(self):
+        """The spec the chip runs inside the training loop: ``spec()`` plus what the method monitors."""
+        return self.spec()
+
     @property
     def ticks(self) -> list[int]:
         r = self.readout
@@ -191,6 +202,31 @@ class BPTT(Method):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
+#: cil-bptt with hidden substitution: parts a batch goes to the chip in (see ``loss_and_score``).
+HIDDEN_PIPELINE_PARTS = 2
+
+
+def _spans(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = np.linspace(0, n, min(parts, max(n, 1)) + 1).round().astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
+class _ChipRun:
+    """A chip run started earlier, waited for once; the time spent waiting is kept."""
+
+    def __init__(self, pending: PendingRun) -> None:
+        self.pending = pending
+        self.value: RunResult | None = None
+        self.waited = 0.0
+
+    def result(self) -> RunResult:
+        if self.value is None:
+            t = time.perf_counter()
+            self.value = self.pending.result()
+            self.waited = time.perf_counter() - t
+        return self.value
+
+
 class CILBPTT(BPTT):
     """bptt with the chip in the loop (CIL-SPL).
 
@@ -209,7 +245,9 @@ class CILBPTT(BPTT):
     @property
     def chip_readout(self) -> Readout:
         last = self.model.num_layers - 1
-        return replace(self.readout, membrane_layers=(last,), spatial_counts=bool(self.cfg.substitute_hidden))
+        # Monitored hidden layers come back as events; chip_hidden_spikes counts them per neuron
+        # here, which ships far less than the daemon's spatial counts would (int32 per neuron and bin).
+        return replace(self.readout, membrane_layers=(last,))
 
     def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         super().start_epoch(epoch, calibration, chip)
@@ -218,32 +256,38 @@ class CILBPTT(BPTT):
             return
         assert chip is not None, "cil-bptt needs a chip"
         # New scales change the int thresholds: a full deploy (weights alone go incrementally).
-        chip.deploy(export_spec(self.model, self.readout.bin_us, monitor=tuple(self.cfg.substitute_hidden)))
+        self.deployed = self.loop_spec()
+        chip.deploy(self.deployed)
+
+    def loop_spec(self):
+        return export_spec(self.model, self.readout.bin_us, monitor=tuple(self.cfg.substitute_hidden))
 
     def loss_and_score(self, batch: Batch, chip: Chip | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
         if not self.in_loop:
             return super().loss_and_score(batch, chip)
         assert chip is not None, "cil-bptt needs a chip"
-        pending = chip.run_async(batch.events, self.chip_readout)  # the chip works while torch does
-        frames = self.tensor(batch.frames)
         hidden = self.cfg.substitute_hidden
-        if hidden:
-            # Hidden substitution needs the chip's spikes inside the forward: wait for them first.
-            t = time.perf_counter()
-            result = pending.result()
-            waited = time.perf_counter() - t
-            chip_hidden = {i: self.tensor(result.counts[i].astype(np.float32)) for i in hidden}
-            out = self.model(frames, quantized=True, ticks=self.ticks, chip_spikes=chip_hidden)
-        else:
-            out = self.model(frames, quantized=True, ticks=self.ticks)
-            t = time.perf_counter()
-            result = pending.result()
-            waited = time.perf_counter() - t
+        # The chip works while torch does. With hidden layers substituted the forward needs the
+        # chip's spikes, so the batch goes in parts: torch runs part k while the chip runs part k+1
+        # (samples are independent, so the parts' outputs together are the batch's).
+        spans = _spans(len(batch), HIDDEN_PIPELINE_PARTS if hidden else 1)
+        runs = [_ChipRun(chip.run_async(batch.events[a:b], self.chip_readout)) for a, b in spans]
+        frames = self.tensor(batch.frames)
+        outs = []
+        for (a, b), run in zip(spans, runs, strict=True):
+            chip_spikes = (lambda run=run: self._chip_hidden(run.result())) if hidden else None
+            outs.append(self.model(frames[a:b], quantized=True, ticks=self.ticks, chip_spikes=chip_spikes))
+        result = RunResult.concatenate([run.result() for run in runs])
+        out = SNNOutput.concatenate(outs)
         spikes_chip, v_chip = chip_outputs(result, self.model.num_layers - 1)
         spikes = straight_through(out.spikes, spikes_chip)
         v_mem = straight_through(out.v_mem, v_chip)
         score = readout_score(spikes, v_mem, out.threshold, out.readout)
-        return F.cross_entropy(score, self.tensor(batch.labels)), score.detach(), waited
+        return F.cross_entropy(score, self.tensor(batch.labels)), score.detach(), sum(r.waited for r in runs)
+
+    def _chip_hidden(self, result: RunResult) -> dict[int, torch.Tensor]:
+        spikes = chip_hidden_spikes(self.deployed, result, self.chip_readout, self.cfg.substitute_hidden)
+        return {i: c.to(self.device) for i, c in spikes.items()}
 
     def after_step(self, chip: Chip | None) -> None:
         if self.in_loop:
@@ -339,7 +383,7 @@ class CILANN(CNNQAT):
         self.convert(calibration)
         if self.in_loop:
             assert chip is not None, "cil-ann needs a chip"
-            chip.deploy(self.spec())
+            chip.deploy(self.loop_spec())
 
     def prepare_export(self, calibration: torch.Tensor) -> None:
         # Keep the thresholds the weights were trained against in the loop; only the weights moved.

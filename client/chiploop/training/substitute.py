@@ -6,12 +6,15 @@ whose gradient is the synchronous graph's: y = y_sync + (y_chip - y_sync).detach
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from chiploop.architectures import ReadoutKind
 from chiploop.models import readout_score
-from chiploop.run import RunResult
+from chiploop.run import Readout, RunResult, event_count_index
+from chiploop.spec import NetworkSpec
 
 
 def straight_through(sync: torch.Tensor, chip: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -30,6 +33,21 @@ def chip_outputs(result: RunResult, layer: int) -> tuple[torch.Tensor, torch.Ten
     membranes = result.membranes[layer].astype(np.float32)
     membranes = membranes.reshape(*membranes.shape[:3], -1)[..., 0]
     return torch.from_numpy(counts), torch.from_numpy(membranes)
+
+
+def chip_hidden_spikes(
+    spec: NetworkSpec, result: RunResult, readout: Readout, layers: tuple[int, ...]
+) -> dict[int, torch.Tensor]:
+    """Per-neuron spike counts float32 [n, T, C, H, W] of monitored ``layers``, from the run's
+    events (``spec`` deployed with those layers in its monitor list). Counted straight into
+    float32 by torch: the per-neuron arrays are large and mostly zeros, and an int64 bincount
+    and its conversion cost more than the few events do."""
+    flat, layout = event_count_index(spec, result.output_events, result.output_offsets,
+                                     replace(readout, spatial_counts=True))  # fmt: skip
+    size = sum(int(np.prod(shape)) for _, shape in layout.values())
+    total = torch.zeros(size, dtype=torch.float32)
+    total.index_add_(0, torch.from_numpy(flat), torch.ones(flat.size, dtype=torch.float32))
+    return {i: total[layout[i][0] : layout[i][0] + int(np.prod(layout[i][1]))].view(layout[i][1]) for i in layers}
 
 
 def chip_score(result: RunResult, layer: int, threshold: float, readout: ReadoutKind = "charge") -> np.ndarray:
