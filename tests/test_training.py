@@ -168,6 +168,8 @@ def test_experiment_refuses_unknown_methods_and_gives_hidden_substitution_to_cil
     assert configs["bptt"].check().substitute_hidden == ()
     assert configs["cil-bptt"].check().substitute_hidden == HIDDEN_LAYERS
     assert TrainConfig(method="cil-ann").check().substitute_hidden == ()
+    configs = plan(TrainConfig(method="bptt", out=str(tmp_path)).check(), ["bptt", "cil-bptt"], 5)
+    assert configs["cil-bptt"].check().substitute_hidden == HIDDEN_LAYERS
 
 
 def test_missing_or_foreign_checkpoints_are_refused(tmp_path):

@@ -116,6 +116,20 @@ class TrainConfig:
         qat = "QAT" if self.qat else "bptt in float, quantized after training"
         return f"SNN recipe: readout {self.readout}, {qat}, {init}, {clamp}"
 
+    def cil_bptt_hidden(self) -> tuple[int, ...] | None:
+        """The hidden layers cil-bptt substitutes with these settings (None: its default). Another
+        method's config holds only its own () (check() refuses more), which says nothing for cil-bptt."""
+        return self.substitute_hidden if self.method == "cil-bptt" else None
+
+    @property
+    def substitution(self) -> str:
+        """cil-bptt's substitution in words, for reports."""
+        layers = self.cil_bptt_hidden()
+        layers = HIDDEN_LAYERS if layers is None else layers
+        if not layers:
+            return "cil-bptt takes the chip's outputs alone"
+        return f"cil-bptt takes the chip's outputs and hidden layers {', '.join(map(str, layers))}"
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["chip"] = list(self.chip)

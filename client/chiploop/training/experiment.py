@@ -60,7 +60,7 @@ def plan(base: TrainConfig, methods: list[str], budget_min: float) -> dict[str, 
             epochs=base.extra.get("epochs", {}).get(m, DEFAULT_EPOCHS[m]),
             out=str(Path(base.out) / m),
             time_limit_s=share,
-            substitute_hidden=base.substitute_hidden if m == "cil-bptt" else (),  # only cil-bptt has them
+            substitute_hidden=base.cil_bptt_hidden() if m == "cil-bptt" else (),  # only cil-bptt has them
         )
     return configs
 
@@ -146,7 +146,7 @@ def _note(cfg: TrainConfig, budget_min: float, seconds: float) -> str:
     return (
         f"Data: {cfg.data or 'bundled nmnist-small'}; validation split {cfg.val_fraction:.0%} (stratified, "
         f"seed {cfg.seed}); T = {cfg.bins} bins over {cfg.duration_us / 1000:.0f} ms; batch {cfg.batch_size}; "
-        f"width {cfg.width:g}; {cfg.snn_recipe}; chip: {chip}. Software = the method's own trained model (ANN for cnn/cnn-qat/"
+        f"width {cfg.width:g}; {cfg.snn_recipe}; {cfg.substitution}; chip: {chip}. Software = the method's own trained model (ANN for cnn/cnn-qat/"
         f"cil-ann, the synchronous integer SNN for bptt/cil-bptt); degradation = software - chip. "
         f"Budget {budget_min:g} min, took {seconds / 60:.1f} min."
     )
@@ -250,6 +250,8 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
                 )
     n_val = [f.n for f in finals[methods[0]]]
     recipe = results[keys[0]][methods[0]].config.snn_recipe
+    if "cil-bptt" in methods:
+        recipe += f"; {results[keys[0]]['cil-bptt'].config.substitution}"
     if kind == "fold":
         lines += ["", f"{len(labels)} folds of one seed's stratified split ({', '.join(map(str, n_val))} samples): "
                   f"each sample is validated once, by models that never trained on it. {recipe}."]  # fmt: skip
