@@ -7,8 +7,8 @@
   is the exported integer network); with ``qat=False`` trained in float and
   quantized after training (sinabs' usual route to the chip).
 - ``cil-bptt``: bptt, but every iteration runs the batch on the chip and the
-  chip's per-bin output spikes and membranes (and optionally monitored hidden
-  layers' spikes) replace the sync model's in the forward, straight-through;
+  chip's per-bin output spikes and membranes (and, by default, every hidden
+  layer's spikes) replace the sync model's in the forward, straight-through;
   the new int8 weights are pushed (``update_weights``) before the next one.
 - ``cil-ann``: cnn-qat, but the chip's output score (spikes + v/thr, times the
   conversion's logit scale) replaces the ANN's logits in the loss, straight-through.
@@ -40,6 +40,7 @@ from chiploop.models import (
     scaled_architecture,
 )
 from chiploop.run import Readout, RunResult
+from chiploop.spec import NetworkSpec
 from chiploop.training.chip import Chip, PendingRun
 from chiploop.training.config import TrainConfig
 from chiploop.training.device import resolve_device
@@ -231,16 +232,18 @@ class CILBPTT(BPTT):
     """bptt with the chip in the loop (CIL-SPL).
 
     Per iteration: the chip runs the batch (started first, asynchronously) while
-    the sync model runs its forward; the chip's per-bin output spikes and
-    membranes replace the sync model's (straight-through); the loss is computed
-    on the chip's values, the gradient flows through the sync graph; the new
-    int8 weights are pushed to the chip before the next iteration.
+    the sync model runs its forward; the chip's spikes of the substituted hidden
+    layers (every one by default) replace the sync model's inside the forward,
+    and its per-bin output spikes and membranes after it (straight-through); the
+    loss is computed on the chip's values, the gradient flows through the sync
+    graph; the new int8 weights are pushed to the chip before the next iteration.
     """
 
     name = "cil-bptt"
     chip_in_loop = True
     in_loop = True  # False during the first ``pretrain_epochs`` (plain bptt)
     trains_quantized = True  # the proxy must compute the network the chip runs
+    deployed: NetworkSpec | None = None  # the loop's spec as deployed this epoch (its shapes bin the events)
 
     @property
     def chip_readout(self) -> Readout:
