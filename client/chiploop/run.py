@@ -115,22 +115,21 @@ class RunResult:
 
 def event_count_index(
     spec: NetworkSpec, events: np.ndarray, offsets: np.ndarray, readout: Readout
-) -> tuple[np.ndarray, dict[int, tuple[int, tuple[int, ...]]]]:
-    """Where each chip event counts: its index into one flat array holding the counts of every
-    recorded layer (output or monitored), and that array's layout, ``{layer: (start, shape)}``.
-    Events outside the readout's bins or of unrecorded layers are left out."""
+) -> tuple[np.ndarray, int, dict[int, tuple[slice, tuple[int, ...]]]]:
+    """Where each chip event counts: its index into one flat array of ``size`` holding the counts
+    of every recorded layer (output or monitored), and that array's layout, ``{layer: (slice,
+    shape)}``. Events outside the readout's bins or of unrecorded layers are left out."""
     layers = sorted(set(spec.output_layers) | set(spec.monitor))
     shapes = [out for _, out in spec.layer_shapes()]
     n, t = offsets.size - 1, readout.num_bins
-    layout, start = {}, 0
-    for i in layers:
-        shape = (n, t, *shapes[i]) if readout.spatial_counts else (n, t, shapes[i][0])
-        layout[i] = (start, shape)
-        start += int(np.prod(shape))
+    layout, size = {}, 0
     base = np.zeros(len(shapes), np.int64)
     recorded = np.zeros(len(shapes), bool)
-    for i, (first, _) in layout.items():
-        base[i], recorded[i] = first, True
+    for i in layers:
+        shape = (n, t, *shapes[i]) if readout.spatial_counts else (n, t, shapes[i][0])
+        base[i], recorded[i] = size, True
+        layout[i] = (slice(size, size + int(np.prod(shape))), shape)
+        size += int(np.prod(shape))
     f, h, w = (np.array([s[j] for s in shapes], np.int64) for j in range(3))
     layer = events["layer"].astype(np.int64)
     sample = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
@@ -140,16 +139,15 @@ def event_count_index(
     flat = (sample * t + b) * f[layer] + ev["k"]
     if readout.spatial_counts:
         flat = (flat * h[layer] + ev["y"]) * w[layer] + ev["x"]
-    return flat + base[layer], layout
+    return flat + base[layer], size, layout
 
 
 def bin_counts(spec: NetworkSpec, events: np.ndarray, offsets: np.ndarray, readout: Readout) -> dict[int, np.ndarray]:
     """Spike counts of the recorded layers per sample and bin, from their chip events: what a
     run's ``counts`` hold, for backends that return events alone."""
-    flat, layout = event_count_index(spec, events, offsets, readout)
-    size = sum(int(np.prod(shape)) for _, shape in layout.values())
+    flat, size, layout = event_count_index(spec, events, offsets, readout)
     total = np.bincount(flat, minlength=size).astype(np.int32)
-    return {i: total[first : first + int(np.prod(shape))].reshape(shape) for i, (first, shape) in layout.items()}
+    return {i: total[part].reshape(shape) for i, (part, shape) in layout.items()}
 
 
 def pack_samples(samples: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ local daemon with the simulator when no address is given.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Protocol
@@ -34,14 +35,27 @@ class Chip(Protocol):
     def close(self) -> None: ...
 
 
+def contiguous_spans(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[a, b)`` bounds of at most ``parts`` contiguous, near-equal chunks of ``n`` samples."""
+    bounds = np.linspace(0, n, min(parts, max(n, 1)) + 1).round().astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+
 class PendingRun:
-    """The futures of one batch's chunks; ``result()`` joins them in order."""
+    """The futures of one batch's chunks; ``result()`` joins them in order, once, and
+    ``waited_s`` keeps how long that first call waited (the chip time torch did not hide)."""
 
     def __init__(self, futures: list[Future]) -> None:
         self._futures = futures
+        self._result: RunResult | None = None
+        self.waited_s = 0.0
 
     def result(self, timeout: float | None = None) -> RunResult:
-        return RunResult.concatenate([f.result(timeout=timeout) for f in self._futures])
+        if self._result is None:
+            started = time.perf_counter()
+            self._result = RunResult.concatenate([f.result(timeout=timeout) for f in self._futures])
+            self.waited_s = time.perf_counter() - started
+        return self._result
 
     def done(self) -> bool:
         return all(f.done() for f in self._futures)
@@ -80,12 +94,10 @@ class ChipPool:
         """Start the batch on every daemon (one contiguous chunk each) and return at once."""
         if not self.model_ids:
             raise FailedPrecondition("run before any deploy")
-        n = len(samples)
-        parts = min(len(self.clients), max(n, 1))
-        bounds = np.linspace(0, n, parts + 1).round().astype(int)
+        spans = contiguous_spans(len(samples), len(self.clients))
         futures = [
-            self.clients[k].run_async(self.model_ids[k], samples[bounds[k] : bounds[k + 1]], readout=readout)
-            for k in range(parts)
+            self.clients[k].run_async(self.model_ids[k], samples[a:b], readout=readout)
+            for k, (a, b) in enumerate(spans)
         ]
         return PendingRun(futures)
 

@@ -19,7 +19,6 @@ docs/training.md says exactly how each substitution is done and why.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -41,7 +40,7 @@ from chiploop.models import (
 )
 from chiploop.run import Readout, RunResult
 from chiploop.spec import NetworkSpec
-from chiploop.training.chip import Chip, PendingRun
+from chiploop.training.chip import Chip, contiguous_spans
 from chiploop.training.config import TrainConfig
 from chiploop.training.device import resolve_device
 from chiploop.training.substitute import (
@@ -207,27 +206,6 @@ class BPTT(Method):
 HIDDEN_PIPELINE_PARTS = 2
 
 
-def _spans(n: int, parts: int) -> list[tuple[int, int]]:
-    bounds = np.linspace(0, n, min(parts, max(n, 1)) + 1).round().astype(int)
-    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-
-
-class _ChipRun:
-    """A chip run started earlier, waited for once; the time spent waiting is kept."""
-
-    def __init__(self, pending: PendingRun) -> None:
-        self.pending = pending
-        self.value: RunResult | None = None
-        self.waited = 0.0
-
-    def result(self) -> RunResult:
-        if self.value is None:
-            t = time.perf_counter()
-            self.value = self.pending.result()
-            self.waited = time.perf_counter() - t
-        return self.value
-
-
 class CILBPTT(BPTT):
     """bptt with the chip in the loop (CIL-SPL).
 
@@ -273,8 +251,8 @@ class CILBPTT(BPTT):
         # The chip works while torch does. With hidden layers substituted the forward needs the
         # chip's spikes, so the batch goes in parts: torch runs part k while the chip runs part k+1
         # (samples are independent, so the parts' outputs together are the batch's).
-        spans = _spans(len(batch), HIDDEN_PIPELINE_PARTS if hidden else 1)
-        runs = [_ChipRun(chip.run_async(batch.events[a:b], self.chip_readout)) for a, b in spans]
+        spans = contiguous_spans(len(batch), HIDDEN_PIPELINE_PARTS if hidden else 1)
+        runs = [chip.run_async(batch.events[a:b], self.chip_readout) for a, b in spans]
         frames = self.tensor(batch.frames)
         outs = []
         for (a, b), run in zip(spans, runs, strict=True):
@@ -286,7 +264,7 @@ class CILBPTT(BPTT):
         spikes = straight_through(out.spikes, spikes_chip)
         v_mem = straight_through(out.v_mem, v_chip)
         score = readout_score(spikes, v_mem, out.threshold, out.readout)
-        return F.cross_entropy(score, self.tensor(batch.labels)), score.detach(), sum(r.waited for r in runs)
+        return F.cross_entropy(score, self.tensor(batch.labels)), score.detach(), sum(run.waited_s for run in runs)
 
     def _chip_hidden(self, result: RunResult) -> dict[int, torch.Tensor]:
         spikes = chip_hidden_spikes(self.deployed, result, self.chip_readout, self.cfg.substitute_hidden)
@@ -403,14 +381,12 @@ class CILANN(CNNQAT):
         assert chip is not None and self.balance is not None
         pending = chip.run_async(batch.events, self.chip_readout)
         logits = self.model(self.tensor(batch.frames), qat=True)
-        t = time.perf_counter()
         result = pending.result()
-        waited = time.perf_counter() - t
         snn = self.snn()
         out_thr = snn.thresholds(snn.num_layers - 1, quantized=True)[0]
         score = chip_score(result, snn.num_layers - 1, out_thr, snn.readout)
         chip_logits = align_to_logits(score, self.balance.logit_per_unit)
-        return straight_through(logits, chip_logits), logits, waited
+        return straight_through(logits, chip_logits), logits, pending.waited_s
 
     def after_step(self, chip: Chip | None) -> None:
         if not self.in_loop:

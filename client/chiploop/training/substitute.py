@@ -42,12 +42,11 @@ def chip_hidden_spikes(
     events (``spec`` deployed with those layers in its monitor list). Counted straight into
     float32 by torch: the per-neuron arrays are large and mostly zeros, and an int64 bincount
     and its conversion cost more than the few events do."""
-    flat, layout = event_count_index(spec, result.output_events, result.output_offsets,
-                                     replace(readout, spatial_counts=True))  # fmt: skip
-    size = sum(int(np.prod(shape)) for _, shape in layout.values())
+    flat, size, layout = event_count_index(spec, result.output_events, result.output_offsets,
+                                           replace(readout, spatial_counts=True))  # fmt: skip
     total = torch.zeros(size, dtype=torch.float32)
     total.index_add_(0, torch.from_numpy(flat), torch.ones(flat.size, dtype=torch.float32))
-    return {i: total[layout[i][0] : layout[i][0] + int(np.prod(layout[i][1]))].view(layout[i][1]) for i in layers}
+    return {i: total[layout[i][0]].view(layout[i][1]) for i in layers}
 
 
 def chip_score(result: RunResult, layer: int, threshold: float, readout: ReadoutKind = "charge") -> np.ndarray:
