@@ -9,11 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from chiploop.data import NMNIST, make_batch, readout_for
+from chiploop.errors import InvalidArgument
 from chiploop.export import export_spec
 from chiploop.training.chip import ChipPool
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.methods import METHODS, make_method
 from chiploop.training.substitute import chip_outputs, straight_through
+from chiploop.training.trainer import with_backend_advice
 from conftest import DATA, needs_data
 
 TINY = dict(width=0.25, bins=3, batch_size=24, lr=3e-3, calibration_samples=24, progress=False)
@@ -56,6 +58,8 @@ def test_cil_bptt_loss_is_the_chips_and_its_gradient_the_sync_graphs(chip, batch
     cfg = TrainConfig(method="cil-bptt", readout=readout, substitute_hidden=hidden, **TINY)
     method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
     assert cfg.substitute_hidden == (HIDDEN_LAYERS if hidden is None else ())
+    # Membranes are asked for only when the readout reads them (a Speck board cannot snapshot them).
+    assert method.chip_readout.membrane_layers == ((5,) if readout == "charge" else ())
     method.setup(torch.from_numpy(batch.frames))
     method.start_epoch(0, torch.from_numpy(batch.frames), chip)
     labels = torch.from_numpy(batch.labels)
@@ -98,6 +102,40 @@ def test_each_method_lowers_its_loss_against_the_daemon(name, neuron, recipe, ch
     if method.chip_in_loop:
         # The chip now holds exactly the method's current integer network (leaks included).
         assert chip.model_id == chip.clients[0].deploy(method.loop_spec()).model_id
+
+
+@needs_data
+def test_a_samna_backends_refusal_names_the_training_flag_that_avoids_it(batch):
+    """The samna backends' own checks (pure functions, no samna needed) against what cil-bptt asks
+    of the chip by default, and then with the flags the advice names."""
+    from chiploop_server.devices.samna_backends import check_readout, check_supported
+
+    def loop_asks(**settings):
+        cfg = TrainConfig(method="cil-bptt", **TINY, **settings)
+        method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
+        method.setup(torch.from_numpy(batch.frames))
+        return method.loop_spec(), method.chip_readout
+
+    spec, readout = loop_asks()
+    with pytest.raises(InvalidArgument) as refused:
+        check_supported(spec, "specksim")
+    assert str(with_backend_advice(refused.value)).startswith(
+        "monitor: backend specksim returns the last layer's spikes only; --substitute-hidden none trains"
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        check_readout(readout, len(spec.layers), "depth_first", "speck")
+    assert str(with_backend_advice(refused.value)).startswith(
+        "readout.membrane_layers: backend speck cannot snapshot membranes yet; --readout counts reads"
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        check_readout(replace(readout, membrane_layers=()), len(spec.layers), "breadth_first", "specksim")
+    assert "; training runs the chip's depth-first order" in str(with_backend_advice(refused.value))
+    other = InvalidArgument("lr", "must be > 0")
+    assert with_backend_advice(other) is other
+
+    spec, readout = loop_asks(substitute_hidden=(), readout="counts")
+    check_supported(spec, "specksim")
+    check_readout(readout, len(spec.layers), "depth_first", "speck")
 
 
 @needs_data

@@ -45,6 +45,8 @@ def test_train_writes_everything_and_resumes(tmp_path, daemon):
     assert load_checkpoint(second.out / "checkpoint.pt")["epoch"] == 1
     with pytest.raises(InvalidArgument, match="width"):
         train(replace(cfg, width=0.5, epochs=3))  # a checkpoint of another network is not resumed
+    with pytest.raises(InvalidArgument, match=r"substitute_hidden: is \(\) but .* trained with \(0, 1, 2, 3, 4\)"):
+        train(replace(cfg, substitute_hidden=(), epochs=3))  # nor one trained with another substitution
 
 
 def test_cli_train_then_eval(tmp_path, daemon, capsys):

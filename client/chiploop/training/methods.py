@@ -140,7 +140,12 @@ class Method:
 
     @property
     def chip_readout(self) -> Readout:
-        return replace(self.readout, membrane_layers=(self.snn().num_layers - 1,))
+        """What a chip run returns: the output layer's spikes per bin, and its membranes when the
+        readout reads them. The counts readout never does, so a backend that cannot snapshot
+        membranes (the Speck board, for now) can run it."""
+        snn = self.snn()
+        membranes = (snn.num_layers - 1,) if snn.readout == "charge" else ()
+        return replace(self.readout, membrane_layers=membranes)
 
     # --- checkpoints
     def state_dict(self) -> dict:
@@ -223,13 +228,6 @@ class CILBPTT(BPTT):
     trains_quantized = True  # the proxy must compute the network the chip runs
     deployed: NetworkSpec | None = None  # the loop's spec as deployed this epoch (its shapes bin the events)
 
-    @property
-    def chip_readout(self) -> Readout:
-        last = self.model.num_layers - 1
-        # Monitored hidden layers come back as events; chip_hidden_spikes counts them per neuron
-        # here, which ships far less than the daemon's spatial counts would (int32 per neuron and bin).
-        return replace(self.readout, membrane_layers=(last,))
-
     def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
         super().start_epoch(epoch, calibration, chip)
         self.in_loop = epoch >= self.cfg.pretrain_epochs
@@ -267,6 +265,8 @@ class CILBPTT(BPTT):
         return F.cross_entropy(score, self.tensor(batch.labels)), score.detach(), sum(run.waited_s for run in runs)
 
     def _chip_hidden(self, result: RunResult) -> dict[int, torch.Tensor]:
+        # Monitored hidden layers come back as events, counted per neuron here: that ships far
+        # less than the daemon's spatial counts would (int32 per neuron and bin).
         spikes = chip_hidden_spikes(self.deployed, result, self.chip_readout, self.cfg.substitute_hidden)
         return {i: c.to(self.device) for i, c in spikes.items()}
 

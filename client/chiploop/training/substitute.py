@@ -25,11 +25,14 @@ def straight_through(sync: torch.Tensor, chip: torch.Tensor | np.ndarray) -> tor
 
 
 def chip_outputs(result: RunResult, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(spikes [n, T, K], membranes [n, T, K]) of an output layer from a run with that layer
-    in ``membrane_layers`` (counts summed over space when a layer has one)."""
+    """(spikes [n, T, K], membranes [n, T, K]) of an output layer (counts summed over space when
+    a layer has one); membranes are zeros unless the run had the layer in ``membrane_layers``
+    (the counts readout does not ask for them)."""
     counts = result.counts[layer].astype(np.float32)
     if counts.ndim > 3:
         counts = counts.reshape(*counts.shape[:3], -1).sum(-1)
+    if layer not in result.membranes:
+        return torch.from_numpy(counts), torch.zeros(counts.shape, dtype=torch.float32)
     membranes = result.membranes[layer].astype(np.float32)
     membranes = membranes.reshape(*membranes.shape[:3], -1)[..., 0]
     return torch.from_numpy(counts), torch.from_numpy(membranes)

@@ -75,10 +75,12 @@ def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, re
     return torch.from_numpy(make_batch(ds, idx, readout).frames)
 
 
-#: Fields a resumed run must share with its checkpoint (epochs may grow, the chip may move).
+#: Fields a resumed run must share with its checkpoint (epochs may grow, the chip may move). The
+#: substitution is one: cil-bptt's default changed in 384ca97, and a run that switched it halfway
+#: would be neither recipe.
 RESUME_FIELDS = (
     "method", "seed", "bins", "duration_us", "batch_size", "val_fraction", "fold", "max_train", "max_val", "width",
-    "neuron", "theta_low", "readout", "qat", "init_target", "augment", "scale_mode",
+    "neuron", "theta_low", "readout", "qat", "init_target", "augment", "scale_mode", "substitute_hidden",
 )
 
 
@@ -171,7 +173,31 @@ def train(cfg: TrainConfig, chip: Chip | None = None) -> TrainResult:
     with contextlib.ExitStack() as stack:
         if chip is None and needs_chip:
             chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers))
-        return _train(cfg, chip, initial_model)
+        try:
+            return _train(cfg, chip, initial_model)
+        except InvalidArgument as exc:
+            advised = with_backend_advice(exc)
+            if advised is exc:
+                raise
+            raise advised from exc
+
+
+#: What to train with when a backend refuses part of what the loop asks of it (the samna backends
+#: do, see chiploop_server.devices.samna_backends), by the refused field.
+BACKEND_ADVICE = {
+    "monitor": "--substitute-hidden none trains cil-bptt on the chip's outputs alone, which every backend returns",
+    "readout.membrane_layers": "--readout counts reads the output spikes alone and needs no membranes",
+    "readout.mode": "training runs the chip's depth-first order: train against a 'sim' daemon or a Speck board",
+}
+
+
+def with_backend_advice(exc: InvalidArgument) -> InvalidArgument:
+    """``exc`` with the training flag that avoids it, where a backend refused part of what the
+    loop asks of it; ``exc`` itself otherwise."""
+    advice = BACKEND_ADVICE.get(exc.field)
+    if advice is None:
+        return exc
+    return InvalidArgument(exc.field, f"{str(exc).partition(': ')[2]}; {advice}")
 
 
 def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> TrainResult:
