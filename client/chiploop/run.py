@@ -131,15 +131,31 @@ def event_count_index(
         layout[i] = (slice(size, size + int(np.prod(shape))), shape)
         size += int(np.prod(shape))
     f, h, w = (np.array([s[j] for s in shapes], np.int64) for j in range(3))
-    layer = events["layer"].astype(np.int64)
-    sample = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
-    b = (events["t"] - readout.t0_us) // readout.bin_us
-    keep = (b >= 0) & (b < t) & recorded[layer]
-    layer, sample, b, ev = layer[keep], sample[keep], b[keep], events[keep]
-    flat = (sample * t + b) * f[layer] + ev["k"]
+    # In-place arithmetic on one int64 array, and no copy of the events when all of them count
+    # (the usual case): this runs on cil-bptt's critical path, ~600K events per batch of 64.
+    layer = events["layer"]
+    b = events["t"] - readout.t0_us
+    b //= readout.bin_us
+    keep = recorded[layer]
+    keep &= b >= 0
+    keep &= b < t
+    if keep.all():
+        sample = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+    else:
+        kept = np.flatnonzero(keep)
+        layer, b, events = layer[kept], b[kept], events[kept]
+        sample = np.searchsorted(offsets, kept, side="right") - 1
+    flat = sample * t
+    flat += b
+    flat *= f[layer]
+    flat += events["k"]
     if readout.spatial_counts:
-        flat = (flat * h[layer] + ev["y"]) * w[layer] + ev["x"]
-    return flat + base[layer], size, layout
+        flat *= h[layer]
+        flat += events["y"]
+        flat *= w[layer]
+        flat += events["x"]
+    flat += base[layer]
+    return flat, size, layout
 
 
 def bin_counts(spec: NetworkSpec, events: np.ndarray, offsets: np.ndarray, readout: Readout) -> dict[int, np.ndarray]:
