@@ -104,7 +104,7 @@ class RunResult:
             offsets.append(p.output_offsets[1:] + base)
             base += int(p.output_offsets[-1])
         return RunResult(
-            output_events=np.concatenate([p.output_events for p in parts]).astype(CHIP_EVENT_DTYPE),
+            output_events=np.concatenate([p.output_events for p in parts]).astype(CHIP_EVENT_DTYPE, copy=False),
             output_offsets=np.concatenate(offsets),
             counts={k: np.concatenate([p.counts[k] for p in parts]) for k in parts[0].counts},
             membranes={k: np.concatenate([p.membranes[k] for p in parts]) for k in parts[0].membranes},

@@ -256,9 +256,10 @@ class CILBPTT(BPTT):
         for (a, b), run in zip(spans, runs, strict=True):
             chip_spikes = (lambda run=run: self._chip_hidden(run.result())) if hidden else None
             outs.append(self.model(frames[a:b], quantized=True, ticks=self.ticks, chip_spikes=chip_spikes))
-        result = RunResult.concatenate([run.result() for run in runs])
         out = SNNOutput.concatenate(outs)
-        spikes_chip, v_chip = chip_outputs(result, self.model.num_layers - 1)
+        # Part by part: joining the parts' results would copy every monitored event for nothing.
+        chip_parts = [chip_outputs(run.result(), self.model.num_layers - 1) for run in runs]
+        spikes_chip, v_chip = (torch.cat(values) for values in zip(*chip_parts, strict=True))
         spikes = straight_through(out.spikes, spikes_chip)
         v_mem = straight_through(out.v_mem, v_chip)
         score = readout_score(spikes, v_mem, out.threshold, out.readout)
