@@ -16,12 +16,13 @@ class ChiploopError(Exception):
 
 
 class InvalidArgument(ChiploopError, ValueError):
-    """A request field is malformed; ``field`` names it (dotted path)."""
+    """A request field is malformed; ``field`` names it (dotted path), ``reason`` says what is wrong."""
 
     grpc_code_name = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}" if field else message)
 
 

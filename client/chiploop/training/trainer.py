@@ -197,7 +197,7 @@ def with_backend_advice(exc: InvalidArgument) -> InvalidArgument:
     advice = BACKEND_ADVICE.get(exc.field)
     if advice is None:
         return exc
-    return InvalidArgument(exc.field, f"{str(exc).partition(': ')[2]}; {advice}")
+    return InvalidArgument(exc.field, f"{exc.reason}; {advice}")
 
 
 def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> TrainResult:
