@@ -13,9 +13,10 @@ from chiploop.errors import InvalidArgument
 from chiploop.export import export_spec
 from chiploop.training.chip import ChipPool
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
+from chiploop.training.evaluate_checkpoint import EVAL_ADVICE
 from chiploop.training.methods import METHODS, make_method
 from chiploop.training.substitute import chip_outputs, straight_through
-from chiploop.training.trainer import with_backend_advice
+from chiploop.training.trainer import backend_advice, with_backend_advice
 from conftest import DATA, needs_data
 
 TINY = dict(width=0.25, bins=3, batch_size=24, lr=3e-3, calibration_samples=24, progress=False)
@@ -136,6 +137,21 @@ def test_a_samna_backends_refusal_names_the_training_flag_that_avoids_it(batch):
     spec, readout = loop_asks(substitute_hidden=(), readout="counts")
     check_supported(spec, "specksim")
     check_readout(readout, len(spec.layers), "depth_first", "speck")
+
+
+@needs_data
+def test_a_board_refusing_a_checkpoints_readout_says_what_to_do_instead(batch):
+    """``chiploop eval`` cannot change a trained readout: its advice names a 'sim' daemon or a
+    retrain, through the same wrapper the trainer uses."""
+    from chiploop_server.devices.samna_backends import check_readout
+
+    cfg = TrainConfig(method="bptt", **TINY)  # the charge readout: output membranes
+    method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
+    method.setup(torch.from_numpy(batch.frames))
+    with pytest.raises(InvalidArgument, match=r"^readout.membrane_layers: backend speck cannot snapshot "
+                       r"membranes yet; this checkpoint's readout \(trained with --readout charge\)"):
+        with backend_advice(EVAL_ADVICE):
+            check_readout(method.chip_readout, len(method.loop_spec().layers), "depth_first", "speck")
 
 
 @needs_data

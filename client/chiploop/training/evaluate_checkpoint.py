@@ -15,7 +15,15 @@ from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.evaluate import EvalResult, evaluate, paired_margin
 from chiploop.training.methods import Method, make_method
-from chiploop.training.trainer import load_checkpoint, load_dataset, split_indices
+from chiploop.training.trainer import backend_advice, load_checkpoint, load_dataset, split_indices
+
+#: What to do when a backend refuses to run a trained checkpoint, by the refused field: unlike in
+#: training, the readout is fixed by how the checkpoint was trained.
+EVAL_ADVICE = {
+    "readout.membrane_layers": "this checkpoint's readout (trained with --readout charge) reads the output "
+    "layer's membranes: measure it on a 'sim' daemon, or train with --readout counts to run it on a board",
+    "readout.mode": "checkpoints are measured in the chip's depth-first order: use a 'sim' daemon or a Speck board",
+}
 
 
 def evaluate_checkpoint(
@@ -48,7 +56,8 @@ def evaluate_checkpoint(
                 f"(another seed, fold or data set); compare them on one test split: --split test"
             )
     with open_chip(chip, workers) as pool:
-        measured = [_evaluate(p, pool, split) for p in prepared]
+        with backend_advice(EVAL_ADVICE):
+            measured = [_evaluate(p, pool, split) for p in prepared]
     if len(measured) == 1:
         return measured[0][0]
     reports = [report for report, _ in measured]

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,13 +174,8 @@ def train(cfg: TrainConfig, chip: Chip | None = None) -> TrainResult:
     with contextlib.ExitStack() as stack:
         if chip is None and needs_chip:
             chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers))
-        try:
+        with backend_advice(BACKEND_ADVICE):
             return _train(cfg, chip, initial_model)
-        except InvalidArgument as exc:
-            advised = with_backend_advice(exc)
-            if advised is exc:
-                raise
-            raise advised from exc
 
 
 #: What to train with when a backend refuses part of what the loop asks of it (the samna backends
@@ -191,13 +187,25 @@ BACKEND_ADVICE = {
 }
 
 
-def with_backend_advice(exc: InvalidArgument) -> InvalidArgument:
-    """``exc`` with the training flag that avoids it, where a backend refused part of what the
-    loop asks of it; ``exc`` itself otherwise."""
-    advice = BACKEND_ADVICE.get(exc.field)
+def with_backend_advice(exc: InvalidArgument, advice_by_field: dict[str, str] = BACKEND_ADVICE) -> InvalidArgument:
+    """``exc`` with what avoids it (by default the training flag), where a backend refused part of
+    what the loop asks of it; ``exc`` itself otherwise."""
+    advice = advice_by_field.get(exc.field)
     if advice is None:
         return exc
     return InvalidArgument(exc.field, f"{exc.reason}; {advice}")
+
+
+@contextlib.contextmanager
+def backend_advice(advice_by_field: dict[str, str]) -> Iterator[None]:
+    """Re-raise a backend's refusal inside the block with its advice (``with_backend_advice``)."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        advised = with_backend_advice(exc, advice_by_field)
+        if advised is exc:
+            raise
+        raise advised from exc
 
 
 def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> TrainResult:
