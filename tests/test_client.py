@@ -96,6 +96,16 @@ def test_event_dtype_is_checked_before_sending(client):
         client.run("any", [make_dvs_events([1], [1], [0], [0]), np.zeros(3, np.int64)])
 
 
+def test_a_deadline_that_is_no_number_of_seconds_is_refused_before_any_call(client):
+    with pytest.raises(InvalidArgument, match=r"^timeout: must be a finite number of seconds > 0, got nan"):
+        client.info(timeout=float("nan"))
+    with pytest.raises(InvalidArgument, match=r"^timeout: .* got -1"):
+        client.info(timeout=-1)
+    with pytest.raises(InvalidArgument, match=r"^timeout: .* got inf"):
+        ChipClient(client.address, timeout=float("inf"))
+    assert client.info().backend == "sim"
+
+
 def test_server_refusals_surface_as_chiploop_errors_with_the_field(client):
     model = client.deploy(small_spec()).model_id
     with pytest.raises(InvalidArgument) as err:

@@ -330,6 +330,8 @@ def test_config_precedence_is_flags_over_env_over_file(tmp_path):
         ({"address": "nowhere"}, {}, "", "address: must be HOST:PORT"),
         ({"workers": 0}, {}, "", "workers: must be >= 1"),
         ({"parent_pid": 0}, {}, "", "parent_pid: must be a process id"),
+        ({"grace_s": float("inf")}, {}, "", "grace_s: must be >= 0 and finite"),
+        ({}, {"CHIPLOOP_SESSION_TTL_S": "nan"}, "", "session_ttl_s: must be >= 0 and finite"),
     ],
 )
 def test_bad_settings_are_refused_naming_where_they_came_from(tmp_path, flags, env, text, match):

@@ -152,12 +152,26 @@ def test_paired_margin_counts_the_samples_only_one_model_got_right():
         ({"surrogate_width": 0.0}, "surrogate_width"),
         ({"fold": 5}, "fold"),
         ({"fold": -1}, "fold"),
+        ({"lr": float("nan")}, "lr"),
+        ({"lr": float("inf")}, "lr"),
+        ({"surrogate_width": float("inf")}, "surrogate_width"),
+        ({"init_target": float("inf")}, "init_target"),
     ],
 )
 def test_bad_settings_are_refused_by_name(changes, field):
     with pytest.raises(InvalidArgument) as err:
         replace(TrainConfig(method="cil-bptt"), **changes).check()
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--duration-ms", "--width", "--theta-low", "--surrogate-width"])
+def test_the_cli_refuses_non_finite_numbers_before_anything_runs(flag, tmp_path, capsys):
+    from chiploop.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--out", str(tmp_path), flag, "nan"])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must be a finite number, got 'nan'" in capsys.readouterr().err
 
 
 def test_experiment_refuses_unknown_methods_and_gives_hidden_substitution_to_cil_bptt_only(tmp_path):

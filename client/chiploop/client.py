@@ -15,6 +15,7 @@ several at a time, and the results joined in order.
 
 from __future__ import annotations
 
+import math
 import queue
 import random
 import threading
@@ -107,6 +108,14 @@ def error_from_rpc(exc: grpc.RpcError, address: str = "") -> ChiploopError:
     return cls(details)
 
 
+def checked_timeout(seconds: float, name: str) -> float:
+    """A deadline in seconds: gRPC takes NaN or a negative number as already expired, which would
+    read as the daemon's fault."""
+    if not 0 < seconds < math.inf:
+        raise InvalidArgument(name, f"must be a finite number of seconds > 0, got {seconds}")
+    return float(seconds)
+
+
 class ChipClient:
     """A connection to one chip daemon; thread-safe; also a context manager."""
 
@@ -124,7 +133,7 @@ class ChipClient:
             raise InvalidArgument("max_chunk_bytes", f"must be >= {EVENT_BYTES}, got {max_chunk_bytes}")
         wire.tune_malloc()
         self.address = address
-        self.timeout = timeout
+        self.timeout = checked_timeout(timeout, "timeout")
         self.retries = max(0, int(retries))
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.max_in_flight = max(1, int(max_in_flight))
@@ -147,7 +156,8 @@ class ChipClient:
         attempts = 1 + (self.retries if idempotent else 0)
         for attempt in range(attempts):
             try:
-                return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+                deadline = self.timeout if timeout is None else checked_timeout(timeout, "timeout")
+                return method(request, timeout=deadline, metadata=self._metadata)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
                     delay = min(MAX_BACKOFF_S, self.backoff_s * (2**attempt))
@@ -376,7 +386,9 @@ class ChipStream:
         wire.encode_readout(readout, opening.open.readout)
         self._requests.put(opening)
         self._call = client._stub.StreamEvents(
-            iter(self._requests.get, _END), timeout=timeout, metadata=client._metadata
+            iter(self._requests.get, _END),
+            timeout=None if timeout is None else checked_timeout(timeout, "timeout"),
+            metadata=client._metadata,
         )
         first = self._next()
         self.session_id: str = first.session_id

@@ -9,6 +9,7 @@ value of the wrong kind is refused naming where it came from.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -68,8 +69,8 @@ class DaemonConfig:
             if getattr(self, name) < 1:
                 raise InvalidArgument(name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("session_ttl_s", "grace_s"):
-            if getattr(self, name) < 0:
-                raise InvalidArgument(name, f"must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise InvalidArgument(name, f"must be >= 0 and finite, got {getattr(self, name)}")
         if self.parent_pid is not None and self.parent_pid < 1:
             raise InvalidArgument("parent_pid", f"must be a process id >= 1, got {self.parent_pid}")
         if self.max_message_bytes > 2**31 - 1:

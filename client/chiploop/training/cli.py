@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -30,15 +31,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="where torch trains: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda[:N]")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--bins", type=int, default=_DEFAULTS.bins, help="time bins T per sample")
-    p.add_argument("--duration-ms", type=float, default=_DEFAULTS.duration_us / 1000, help="span the T bins cover")
+    p.add_argument("--duration-ms", type=finite_float, default=_DEFAULTS.duration_us / 1000, help="span the T bins cover")
     p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
-    p.add_argument("--val-fraction", type=float, default=_DEFAULTS.val_fraction)
+    p.add_argument("--val-fraction", type=finite_float, default=_DEFAULTS.val_fraction)
     p.add_argument("--fold", type=int, default=_DEFAULTS.fold,
                    help="validate on this block of the seeded split, 0..1/val_fraction-1 (0: the plain split)")
     p.add_argument("--max-train", type=int, default=None, help="use a seeded subset of the training split")
     p.add_argument("--max-val", type=int, default=None, help="use a seeded subset of the validation split")
-    p.add_argument("--lr", type=float, default=_DEFAULTS.lr)
-    p.add_argument("--width", type=float, default=_DEFAULTS.width, help="hidden channel multiplier (1: the paper's net)")
+    p.add_argument("--lr", type=finite_float, default=_DEFAULTS.lr)
+    p.add_argument("--width", type=finite_float, default=_DEFAULTS.width, help="hidden channel multiplier (1: the paper's net)")
     p.add_argument("--neuron", choices=NEURON_KINDS, default=_DEFAULTS.neuron)
     p.add_argument("--theta-low", type=float_or_none, default=_DEFAULTS.theta_low,
                    help="bptt, cil-bptt: hidden threshold_low, in thresholds; 'none': no clamp (the state's floor, -32768)")
@@ -48,7 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-qat", action="store_true",
                    help="bptt: train in float and quantize after training (sinabs' usual route) instead of training "
                         "the integer network; cil-bptt's proxy is always the integer network")
-    p.add_argument("--surrogate-width", type=float, default=_DEFAULTS.surrogate_width,
+    p.add_argument("--surrogate-width", type=finite_float, default=_DEFAULTS.surrogate_width,
                    help="width of the surrogate gradient around the threshold, in thresholds")
     p.add_argument("--init-target", type=float_or_none, default=_DEFAULTS.init_target,
                    help="bptt, cil-bptt: data init, the 99th-percentile input current per bin, in thresholds; "
@@ -66,8 +67,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def finite_float(text: str) -> float:
+    """A float option's value: NaN and infinities are refused here, before anything runs."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def float_or_none(text: str) -> float | None:
-    return None if text.strip().lower() == "none" else float(text)
+    return None if text.strip().lower() == "none" else finite_float(text)
 
 
 def _int_list(name: str, text: str) -> tuple[int, ...]:
@@ -213,7 +225,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("experiment", help="every method on the same data: the paper's Table 1")
     p.add_argument("--out", default="runs/table1")
-    p.add_argument("--budget", type=float, default=25.0, help="minutes for all methods together (per seed)")
+    p.add_argument("--budget", type=finite_float, default=25.0, help="minutes for all methods together (per seed)")
     p.add_argument("--seeds", default="", help="comma-separated seeds: the whole experiment once per seed, in "
                                                "OUT/seed<k>/, and seeds.md with means, spreads and CIL margins")
     p.add_argument("--folds", default="", help="'all' or comma-separated folds: k-fold cross-validation of --seed's split "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from chiploop.architectures import NEURON_KINDS, NMNIST_PAPER, READOUT_KINDS
@@ -89,9 +90,9 @@ class TrainConfig:
                 )
         if self.substitute_hidden and self.method != "cil-bptt":
             raise InvalidArgument("substitute_hidden", f"only cil-bptt substitutes hidden layers, not {self.method}")
-        if not self.surrogate_width > 0:
+        if not 0 < self.surrogate_width < math.inf:
             raise InvalidArgument("surrogate_width", f"must be > 0, got {self.surrogate_width}")
-        if self.init_target is not None and not self.init_target > 0:
+        if self.init_target is not None and not 0 < self.init_target < math.inf:
             raise InvalidArgument("init_target", f"must be > 0 (or none: torch's default init), got {self.init_target}")
         if self.readout not in READOUT_KINDS:
             raise InvalidArgument("readout", f"must be one of {', '.join(READOUT_KINDS)}, got {self.readout!r}")
@@ -102,7 +103,7 @@ class TrainConfig:
             raise InvalidArgument("neuron", f"must be one of {', '.join(NEURON_KINDS)}, got {self.neuron!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise InvalidArgument("lr_schedule", f"must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        if self.lr <= 0:
+        if not 0 < self.lr < math.inf:
             raise InvalidArgument("lr", f"must be > 0, got {self.lr}")
         if self.duration_us < self.bins:
             raise InvalidArgument("duration_us", "must be at least one microsecond per bin")
