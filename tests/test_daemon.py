@@ -401,6 +401,12 @@ def test_a_local_daemon_stops_when_its_trainer_is_killed():
         time.sleep(0.1)
 
 
+def test_a_local_daemon_has_its_own_process_group(daemon):
+    """A Ctrl-C in the trainer's terminal reaches the trainer, which checkpoints at the next batch
+    and needs its daemon until then."""
+    assert os.getpgid(daemon.process.pid) != os.getpgrp()
+
+
 def test_info_and_health_commands(daemon, capsys):
     from chiploop.cli import main
 

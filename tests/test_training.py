@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +19,7 @@ from chiploop.training.cli import main
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.evaluate import EvalResult, paired_margin
 from chiploop.training.experiment import plan, run_experiment, run_folds, run_seeds
-from chiploop.training.trainer import load_checkpoint, train
+from chiploop.training.trainer import RunStopped, load_checkpoint, train
 from conftest import needs_data
 
 pytestmark = needs_data
@@ -47,6 +52,53 @@ def test_train_writes_everything_and_resumes(tmp_path, daemon):
         train(replace(cfg, width=0.5, epochs=3))  # a checkpoint of another network is not resumed
     with pytest.raises(InvalidArgument, match=r"substitute_hidden: is \(\) but .* trained with \(0, 1, 2, 3, 4\)"):
         train(replace(cfg, substitute_hidden=(), epochs=3))  # nor one trained with another substitution
+
+
+@pytest.mark.parametrize("method", ["cil-bptt", "cil-ann"])
+def test_a_run_stopped_inside_an_epoch_resumes_to_the_model_of_a_run_never_stopped(tmp_path, daemon, method):
+    """A stop (what SIGTERM and Ctrl-C do in the CLI) checkpoints after the batch in progress;
+    resumed from there, twice, the run trains exactly what an unstopped run does: the same
+    batches, augmentation, scales, conversion and chip network."""
+    base = TrainConfig(method=method, epochs=2, chip=(daemon.address,), augment=True, **{**TINY, "max_train": 96})
+    whole = train(replace(base, out=str(tmp_path / "whole")))
+    cfg = replace(base, out=str(tmp_path / "stopped"), resume=True)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RunStopped, match=r"after batch 1 of 3 in epoch 1; .*run again with --resume"):
+        train(cfg, stop=stop)
+    with pytest.raises(RunStopped, match=r"after batch 2 of 3 in epoch 1"):
+        train(cfg, stop=stop)  # resumed inside the epoch, then stopped again
+    saved = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert (saved["epoch"], saved["in_epoch"]["batches"], saved["history"]) == (-1, 2, [])
+    resumed = train(cfg)
+    timings = ("epoch_s", "chip_wait_s")
+    for row_whole, row_resumed in zip(whole.history, resumed.history, strict=True):
+        assert {k: v for k, v in row_whole.items() if k not in timings} == {
+            k: v for k, v in row_resumed.items() if k not in timings
+        }
+    states = [load_checkpoint(tmp_path / run / "checkpoint.pt")["method"]["model"] for run in ("whole", "stopped")]
+    for name, tensor in states[0].items():
+        assert torch.equal(tensor, states[1][name]), name
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["in_epoch"] is None
+
+
+def test_sigterm_stops_chiploop_train_after_a_batch_with_a_checkpoint(tmp_path, daemon):
+    out = tmp_path / "preempted"
+    command = [sys.executable, "-m", "chiploop.training.cli", "train", "--method", "bptt", "--epochs", "200",
+               "--out", str(out), *tiny_cli_args(daemon, 8), "--threads", "1"]  # fmt: skip
+    trainer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "config.json").exists():  # written after the handlers are in place
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
+        time.sleep(0.02)
+    trainer.send_signal(signal.SIGTERM)
+    _, err = trainer.communicate(timeout=120)
+    assert trainer.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: stopping after the batch in progress" in err
+    assert "run again with --resume to continue" in err
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert saved["in_epoch"] is not None or saved["epoch"] >= 0
+    assert saved["epoch"] < 199  # it stopped, not finished
 
 
 def test_cli_train_then_eval(tmp_path, daemon, capsys):

@@ -90,8 +90,12 @@ class LocalDaemon:
             "--port-file", str(port_file), "--parent-pid", str(os.getpid()), *self.extra_args,
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
-            # Output goes to a file: a pipe nobody reads would fill and stall the daemon.
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            # Output goes to a file: a pipe nobody reads would fill and stall the daemon. Its own
+            # session: a Ctrl-C in the terminal is the owner's to handle (a trainer checkpoints at
+            # the next batch and needs the chip until then); --parent-pid still ends it with its owner.
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         deadline = time.monotonic() + self.startup_timeout
         while not port_file.exists():
             if self.process.poll() is not None:

@@ -43,13 +43,24 @@ def make_batch(
     augment: Augment | None = None,
     rng: np.random.Generator | None = None,
 ) -> Batch:
+    events = _sample_events(dataset, indices, readout, augment, rng)
+    sensor = getattr(dataset, "sensor_size", (34, 34))
+    frames = bin_batch(events, readout, sensor_size=sensor)
+    return Batch(np.asarray(indices), events, frames, np.asarray(dataset.labels)[np.asarray(indices, np.int64)])
+
+
+def _sample_events(
+    dataset: EventDataset,
+    indices: np.ndarray,
+    readout: Readout,
+    augment: Augment | None,
+    rng: np.random.Generator | None,
+) -> list[np.ndarray]:
     events = [trim_events(dataset.events(int(i)), readout) for i in indices]
     if augment is not None:
         rng = rng if rng is not None else np.random.default_rng()
         events = [augment(ev, rng) for ev in events]
-    sensor = getattr(dataset, "sensor_size", (34, 34))
-    frames = bin_batch(events, readout, sensor_size=sensor)
-    return Batch(np.asarray(indices), events, frames, np.asarray(dataset.labels)[np.asarray(indices, np.int64)])
+    return events
 
 
 def iterate_batches(
@@ -61,15 +72,24 @@ def iterate_batches(
     seed: int = 0,
     augment: Augment | None = None,
     drop_last: bool = False,
+    skip: int = 0,
 ) -> Iterator[Batch]:
-    """Batches over ``indices``; with shuffle, the order and the augmentation follow ``seed``."""
+    """Batches over ``indices``; with shuffle, the order and the augmentation follow ``seed``.
+
+    ``skip``: leave out the first batches (a run resumed inside an epoch); the later ones are
+    the same as without it, augmentation included."""
     rng = np.random.default_rng(seed)
     order = np.asarray(indices)
     if shuffle:
         order = order[rng.permutation(len(order))]
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
-    for start in range(0, stop, batch_size):
-        yield make_batch(dataset, order[start : start + batch_size], readout, augment, rng)
+    for number, start in enumerate(range(0, stop, batch_size)):
+        chunk = order[start : start + batch_size]
+        if number < skip:
+            if augment is not None:  # draw what the skipped batches drew, so the rest are augmented the same
+                _sample_events(dataset, chunk, readout, augment, rng)
+            continue
+        yield make_batch(dataset, chunk, readout, augment, rng)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

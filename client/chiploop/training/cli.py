@@ -7,10 +7,14 @@ chiploop.training.cli`` runs these three commands alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from chiploop.architectures import NEURON_KINDS, READOUT_KINDS
 from chiploop.errors import InvalidArgument
@@ -64,6 +68,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=_DEFAULTS.pretrain_epochs,
                    help="cil-*: first epochs in software only, then the chip in the loop")
     p.add_argument("--no-chip-eval", action="store_true", help="skip the per-epoch validation on the chip")
+    p.add_argument("--checkpoint-minutes", type=finite_float, default=_DEFAULTS.checkpoint_every_s / 60,
+                   help="also checkpoint inside an epoch at most this often (0: after every batch); a run resumed "
+                        "with --resume continues from the batch after it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -128,6 +135,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         pretrain_epochs=args.pretrain_epochs,
         chip_eval=not args.no_chip_eval,
         progress=not args.quiet,
+        checkpoint_every_s=60.0 * args.checkpoint_minutes,
     )
     for k, v in overrides.items():
         setattr(cfg, k, v)
@@ -142,14 +150,47 @@ def _limit_threads(n: int) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
-    from chiploop.training.trainer import train  # noqa: PLC0415 - torch import only when used
+    from chiploop.training.trainer import RunStopped, train  # noqa: PLC0415 - torch import only when used
 
     cfg = _config(args, method=args.method, epochs=args.epochs, out=args.out, resume=args.resume,
                   init_from=args.init_from)
-    result = train(cfg)
+    with stop_on_signals() as stop:
+        try:
+            result = train(cfg, stop=stop)
+        except RunStopped as exc:
+            print(f"chiploop train: {exc}", file=sys.stderr)
+            return 128 + stop.signum  # how a shell reports a process the signal ended
     f = result.final
     print(json.dumps({"method": cfg.method, "out": str(result.out), "epochs": len(result.history), **f.as_dict()}, indent=2))
     return 0
+
+
+class SignalStop(threading.Event):
+    """Set by the first SIGTERM or SIGINT; ``signum`` says which."""
+
+    signum = 0
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[SignalStop]:
+    """The first SIGTERM or SIGINT asks the run to stop at the next batch, checkpointed (a
+    scheduler's preemption, a Ctrl-C); a second SIGINT interrupts at once."""
+    stop = SignalStop()
+
+    def handle(signum, frame):  # noqa: ARG001 - the signal module's signature
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signum = signum
+        stop.set()
+        print(f"chiploop train: {signal.Signals(signum).name}: stopping after the batch in progress "
+              f"(checkpointed){'; Ctrl-C again to stop now' if signum == signal.SIGINT else ''}", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -65,6 +65,9 @@ class TrainConfig:
     substitute_hidden: tuple[int, ...] | None = None
     chip_eval: bool = True  # measure validation accuracy on the chip after every epoch
     time_limit_s: float | None = None  # stop after the epoch that passes it
+    # A checkpoint inside an epoch too, at most this often (0: after every batch): on the full data
+    # set an epoch is many minutes, and a preempted run resumes from the last one, mid-epoch.
+    checkpoint_every_s: float = 600.0
     resume: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -103,6 +106,8 @@ class TrainConfig:
             raise InvalidArgument("neuron", f"must be one of {', '.join(NEURON_KINDS)}, got {self.neuron!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise InvalidArgument("lr_schedule", f"must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if not 0 <= self.checkpoint_every_s < math.inf:
+            raise InvalidArgument("checkpoint_every_s", f"must be >= 0 and finite, got {self.checkpoint_every_s}")
         if not 0 < self.lr < math.inf:
             raise InvalidArgument("lr", f"must be > 0, got {self.lr}")
         if self.duration_us < self.bins:

@@ -84,7 +84,8 @@ class _Prepared:
 
     path: str
     cfg: TrainConfig
-    epoch: int
+    epoch: int  # epochs finished
+    batches: int  # of the next one (a checkpoint written inside an epoch)
     method: Method
     dataset: EventDataset
     indices: np.ndarray
@@ -112,7 +113,8 @@ def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device
     else:
         ds = load_dataset(cfg)
         indices = split_indices(cfg, np.asarray(ds.labels))[1]
-    return _Prepared(str(path), cfg, int(ckpt["epoch"]) + 1, method, ds, indices)
+    in_epoch = ckpt.get("in_epoch") or {}
+    return _Prepared(str(path), cfg, int(ckpt["epoch"]) + 1, int(in_epoch.get("batches", 0)), method, ds, indices)
 
 
 def _evaluate(prepared: _Prepared, pool: Chip, split: str) -> tuple[dict, EvalResult]:
@@ -122,13 +124,15 @@ def _evaluate(prepared: _Prepared, pool: Chip, split: str) -> tuple[dict, EvalRe
         "checkpoint": str(path),
         "method": cfg.method,
         "epoch": prepared.epoch,
+        "batches_into_next_epoch": prepared.batches,
         "split": split,
         **result.as_dict(),
         "quantization_loss": 100.0 * (result.sync_float - result.sync_int),
         "sync_to_chip_loss": None if result.chip is None else 100.0 * (result.sync_int - result.chip),
     }
+    trained_more = f" and {prepared.batches} batches of the next" if prepared.batches else ""
     lines = [
-        f"{cfg.method} after {report['epoch']} epochs, {split} split ({result.n} samples)",
+        f"{cfg.method} after {report['epoch']} epochs{trained_more}, {split} split ({result.n} samples)",
         f"  software ({'ANN' if cfg.method in ('cnn', 'cnn-qat', 'cil-ann') else 'sync int SNN'}): {100 * result.software:6.2f} %",
         f"  sync SNN, float:          {100 * result.sync_float:6.2f} %",
         f"  sync SNN, int (exported): {100 * result.sync_int:6.2f} %",

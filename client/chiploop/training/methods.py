@@ -83,7 +83,9 @@ class Method:
     def setup(self, calibration: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None, resumed: bool = False) -> None:
+        """Fix what holds for the epoch (scales, the ANN routes' conversion) and put it on the chip.
+        ``resumed``: the epoch began before a checkpoint, whose state holds what it fixed."""
         raise NotImplementedError
 
     def loss_and_score(self, batch: Batch, chip: Chip | None) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -179,9 +181,10 @@ class BPTT(Method):
         if self.cfg.init_target is not None:  # None: torch's default init
             data_init(self.model, calibration, target=self.cfg.init_target)
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None, resumed: bool = False) -> None:
         # Scales (hence int thresholds) move once per epoch; within it only weights change.
-        self.model.calibrate_scales(self.cfg.scale_mode)
+        if not resumed:
+            self.model.calibrate_scales(self.cfg.scale_mode)
 
     def prepare_export(self, calibration: torch.Tensor) -> None:
         if not self.trains_quantized:
@@ -228,8 +231,8 @@ class CILBPTT(BPTT):
     trains_quantized = True  # the proxy must compute the network the chip runs
     deployed: NetworkSpec | None = None  # the loop's spec as deployed this epoch (its shapes bin the events)
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
-        super().start_epoch(epoch, calibration, chip)
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None, resumed: bool = False) -> None:
+        super().start_epoch(epoch, calibration, chip, resumed)
         self.in_loop = epoch >= self.cfg.pretrain_epochs
         if not self.in_loop:
             return
@@ -296,8 +299,9 @@ class CNN(Method):
     def setup(self, calibration: torch.Tensor) -> None:
         pass  # torch's default init suits the ANN
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
-        self.model.calibrate_scales(self.cfg.scale_mode)
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None, resumed: bool = False) -> None:
+        if not resumed:
+            self.model.calibrate_scales(self.cfg.scale_mode)
 
     def convert(self, calibration: torch.Tensor) -> None:
         chunks = torch.split(calibration, 64)
@@ -359,10 +363,11 @@ class CILANN(CNNQAT):
     chip_in_loop = True
     in_loop = True  # False during the first ``pretrain_epochs`` (plain cnn-qat)
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None) -> None:
-        super().start_epoch(epoch, calibration, chip)
+    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None, resumed: bool = False) -> None:
+        super().start_epoch(epoch, calibration, chip, resumed)
         self.in_loop = epoch >= self.cfg.pretrain_epochs
-        self.convert(calibration)
+        if not resumed:  # else load_state_dict rebuilt the epoch's conversion from its balance
+            self.convert(calibration)
         if self.in_loop:
             assert chip is not None, "cil-ann needs a chip"
             chip.deploy(self.loop_spec())

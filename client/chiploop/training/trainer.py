@@ -11,9 +11,10 @@ import contextlib
 import csv
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,38 @@ def _initial_model(cfg: TrainConfig) -> dict | None:
     return ckpt["method"]["model"]
 
 
-def _save_checkpoint(path: Path, cfg: TrainConfig, epoch: int, method: Method, history: list[dict]) -> None:
+@dataclass
+class EpochProgress:
+    """An epoch's training so far: what a checkpoint written inside it keeps."""
+
+    epoch: int
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    chip_wait_s: float = 0.0
+    elapsed_s: float = 0.0  # before this process took the epoch over
+
+    def add(self, step) -> None:
+        self.batches += 1
+        self.loss_sum += step.loss * step.n
+        self.correct += step.correct
+        self.seen += step.n
+        self.chip_wait_s += step.chip_wait_s
+
+
+class RunStopped(Exception):
+    """``train`` was asked to stop (``stop``) and did, after a checkpoint: ``--resume`` continues it."""
+
+    def __init__(self, checkpoint: Path, where: str) -> None:
+        super().__init__(f"stopped {where}; checkpoint {checkpoint}: run again with --resume to continue")
+        self.checkpoint = checkpoint
+
+
+def _save_checkpoint(
+    path: Path, cfg: TrainConfig, epoch: int, method: Method, history: list[dict], in_epoch: EpochProgress | None = None
+) -> None:
+    """``epoch``: the last finished epoch (-1: none yet); ``in_epoch``: how far the next one got."""
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -128,6 +160,7 @@ def _save_checkpoint(path: Path, cfg: TrainConfig, epoch: int, method: Method, h
             "method": method.state_dict(),
             "history": history,
             "torch_rng": torch.get_rng_state(),
+            "in_epoch": None if in_epoch is None else asdict(in_epoch),
             "format": 1,
         },
         tmp,
@@ -166,8 +199,11 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def train(cfg: TrainConfig, chip: Chip | None = None) -> TrainResult:
-    """Train ``cfg.method``; ``chip``: an open chip (else one is opened from ``cfg.chip``)."""
+def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | None = None) -> TrainResult:
+    """Train ``cfg.method``; ``chip``: an open chip (else one is opened from ``cfg.chip``).
+
+    Once ``stop`` is set (a signal handler, another thread) the run stops after the batch in
+    progress, writes a checkpoint there and raises ``RunStopped``."""
     cfg.check()
     initial_model = _initial_model(cfg)  # before the chip: a bad checkpoint costs no daemon start
     needs_chip = cfg.method.startswith("cil-") or cfg.chip_eval
@@ -175,7 +211,7 @@ def train(cfg: TrainConfig, chip: Chip | None = None) -> TrainResult:
         if chip is None and needs_chip:
             chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers))
         with backend_advice(BACKEND_ADVICE):
-            return _train(cfg, chip, initial_model)
+            return _train(cfg, chip, initial_model, stop)
 
 
 #: What to train with when a backend refuses part of what the loop asks of it (the samna backends
@@ -208,7 +244,7 @@ def backend_advice(advice_by_field: dict[str, str]) -> Iterator[None]:
         raise advised from exc
 
 
-def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> TrainResult:
+def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop: threading.Event | None) -> TrainResult:
     started = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
@@ -221,6 +257,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> T
     calib = calibration_frames(cfg, ds, train_idx, readout).to(method.device)
     history: list[dict] = []
     start_epoch = 0
+    resumed_in: EpochProgress | None = None  # the epoch a checkpoint was written inside of
     ckpt_path = out / CHECKPOINT
     if _resumes(cfg):
         ckpt = load_checkpoint(ckpt_path)
@@ -232,6 +269,8 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> T
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
         torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt.get("in_epoch"):
+            resumed_in = EpochProgress(**ckpt["in_epoch"])
     elif initial_model is not None:
         method.model.load_state_dict(initial_model)  # trained weights, thresholds, scales; a fresh optimiser
     else:
@@ -243,34 +282,40 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> T
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
+            progress = resumed_in if resumed_in is not None and resumed_in.epoch == epoch else EpochProgress(epoch)
             method.set_learning_rate(epoch)
-            method.start_epoch(epoch, calib, chip)
-            loss_sum = correct = seen = iterations = 0
-            waited = 0.0
+            method.start_epoch(epoch, calib, chip, resumed=progress.batches > 0)
             batches = iterate_batches(
-                ds, train_idx, readout, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, augment=augment
+                ds, train_idx, readout, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, augment=augment,
+                skip=progress.batches,
             )
+            total = num_batches(len(train_idx), cfg.batch_size)
             bar = tqdm(
                 batches,
-                total=num_batches(len(train_idx), cfg.batch_size),
+                total=total,
+                initial=progress.batches,
                 desc=f"{cfg.method} {epoch + 1}/{cfg.epochs}",
                 disable=not cfg.progress,
                 leave=False,
             )
+            saved = time.perf_counter()
             for batch in bar:
-                step = method.step(batch, chip)
-                loss_sum += step.loss * step.n
-                correct += step.correct
-                seen += step.n
-                waited += step.chip_wait_s
-                iterations += 1
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                progress.add(method.step(batch, chip))
+                bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}", acc=f"{progress.correct / progress.seen:.3f}")
+                stopping = stop is not None and stop.is_set()
+                if stopping or (progress.batches < total and time.perf_counter() - saved >= cfg.checkpoint_every_s):
+                    progress.elapsed_s += time.perf_counter() - t_epoch
+                    t_epoch = saved = time.perf_counter()
+                    _save_checkpoint(ckpt_path, cfg, epoch - 1, method, history, in_epoch=progress)
+                    if stopping:
+                        bar.close()
+                        raise RunStopped(ckpt_path, f"after batch {progress.batches} of {total} in epoch {epoch + 1}")
             method.prepare_export(calib)
             final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
             row = {
                 "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1),
-                "train_acc": correct / max(seen, 1),
+                "train_loss": progress.loss_sum / max(progress.seen, 1),
+                "train_acc": progress.correct / max(progress.seen, 1),
                 "val_software": final.software,
                 "val_sync_float": final.sync_float,
                 "val_sync_int": final.sync_int,
@@ -278,9 +323,9 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> T
                 "val_agreement": final.agreement,
                 "val_degradation": final.degradation,
                 "chip_synops": final.chip_synops,
-                "epoch_s": time.perf_counter() - t_epoch,
-                "chip_wait_s": waited,
-                "iterations": iterations,
+                "epoch_s": progress.elapsed_s + time.perf_counter() - t_epoch,
+                "chip_wait_s": progress.chip_wait_s,
+                "iterations": progress.batches,
             }
             history.append(row)
             _write_metrics(out / "metrics.csv", history)
@@ -296,6 +341,8 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None) -> T
                     f"{cfg.method} epoch {epoch + 1}: loss {row['train_loss']:.3f}, "
                     f"val software {100 * final.software:.1f}%{chip_txt} ({row['epoch_s']:.0f} s)"
                 )
+            if stop is not None and stop.is_set() and epoch + 1 < cfg.epochs:
+                raise RunStopped(ckpt_path, f"after epoch {epoch + 1}")
             if cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s:
                 break
     finally:
