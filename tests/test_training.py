@@ -131,9 +131,15 @@ def test_cli_train_then_eval(tmp_path, daemon, capsys):
 
 
 def test_experiment_writes_table1(tmp_path, daemon):
-    base = TrainConfig(out=str(tmp_path / "exp"), chip=(daemon.address,), **TINY)
+    base = TrainConfig(out=str(tmp_path / "exp"), chip=(daemon.address,), resume=True, **TINY)
     base.extra["epochs"] = {"cnn": 1, "bptt": 1}
-    results = run_experiment(base, ["cnn", "bptt"], budget_min=5)
+    stop = threading.Event()
+    stop.set()  # a Ctrl-C: the method in progress stops after its batch, checkpointed
+    with pytest.raises(RunStopped, match="after batch 1 of 2 in epoch 1"):
+        run_experiment(base, ["cnn", "bptt"], budget_min=5, stop=stop)
+    assert load_checkpoint(tmp_path / "exp" / "cnn" / "checkpoint.pt")["in_epoch"]["batches"] == 1
+    results = run_experiment(base, ["cnn", "bptt"], budget_min=5)  # --resume
+    assert results["cnn"].history[0]["iterations"] == 2
     assert set(results) == {"cnn", "bptt"}
     table = (tmp_path / "exp" / "table1.md").read_text()
     assert "| cnn |" in table and "| bptt |" in table and "degradation" in table

@@ -154,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args, method=args.method, epochs=args.epochs, out=args.out, resume=args.resume,
                   init_from=args.init_from)
-    with stop_on_signals() as stop:
+    with stop_on_signals("train") as stop:
         try:
             result = train(cfg, stop=stop)
         except RunStopped as exc:
@@ -172,7 +172,7 @@ class SignalStop(threading.Event):
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[SignalStop]:
+def stop_on_signals(command: str) -> Iterator[SignalStop]:
     """The first SIGTERM or SIGINT asks the run to stop at the next batch, checkpointed (a
     scheduler's preemption, a Ctrl-C); a second SIGINT interrupts at once."""
     stop = SignalStop()
@@ -182,7 +182,7 @@ def stop_on_signals() -> Iterator[SignalStop]:
             raise KeyboardInterrupt
         stop.signum = signum
         stop.set()
-        print(f"chiploop train: {signal.Signals(signum).name}: stopping after the batch in progress "
+        print(f"chiploop {command}: {signal.Signals(signum).name}: stopping after the batch in progress "
               f"(checkpointed){'; Ctrl-C again to stop now' if signum == signal.SIGINT else ''}", file=sys.stderr)
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -211,6 +211,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
     from chiploop.training.experiment import run_experiment, run_folds, run_seeds  # noqa: PLC0415
+    from chiploop.training.trainer import RunStopped  # noqa: PLC0415
 
     cfg = _config(args, out=args.out, resume=args.resume)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHOD_NAMES)
@@ -218,17 +219,22 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         cfg.extra["epochs"] = {m: args.epochs for m in METHOD_NAMES}
     if args.seeds and args.folds:
         raise InvalidArgument("folds", "give --seeds or --folds, not both (folds split one --seed)")
-    if args.seeds:
-        seeds = list(_int_list("seeds", args.seeds))
-        run_seeds(cfg, methods, seeds, budget_min=args.budget)
-        report = os.path.join(args.out, "seeds.md")
-    elif args.folds:
-        folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
-        run_folds(cfg, methods, folds, budget_min=args.budget)
-        report = os.path.join(args.out, "folds.md")
-    else:
-        run_experiment(cfg, methods, budget_min=args.budget)
-        report = os.path.join(args.out, "table1.md")
+    with stop_on_signals("experiment") as stop:
+        try:
+            if args.seeds:
+                seeds = list(_int_list("seeds", args.seeds))
+                run_seeds(cfg, methods, seeds, budget_min=args.budget, stop=stop)
+                report = os.path.join(args.out, "seeds.md")
+            elif args.folds:
+                folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
+                run_folds(cfg, methods, folds, budget_min=args.budget, stop=stop)
+                report = os.path.join(args.out, "folds.md")
+            else:
+                run_experiment(cfg, methods, budget_min=args.budget, stop=stop)
+                report = os.path.join(args.out, "table1.md")
+        except RunStopped as exc:
+            print(f"chiploop experiment: {exc}", file=sys.stderr)
+            return 128 + stop.signum
     print(report)
     with open(report) as fh:
         print(fh.read())

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import json
 import statistics
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -116,9 +117,14 @@ def write_table(out: Path, results: dict[str, TrainResult], note: str) -> None:
 
 
 def run_experiment(
-    base: TrainConfig, methods: list[str] | None = None, budget_min: float = 25.0, chip: Chip | None = None
+    base: TrainConfig,
+    methods: list[str] | None = None,
+    budget_min: float = 25.0,
+    chip: Chip | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, TrainResult]:
-    """Every method on one chip: ``chip`` if given (left open), else one opened from ``base.chip``."""
+    """Every method on one chip: ``chip`` if given (left open), else one opened from ``base.chip``.
+    ``stop``: as for ``train`` (the method in progress stops, checkpointed; ``resume`` continues)."""
     if not budget_min > 0:
         raise InvalidArgument("budget", f"must be > 0 minutes, got {budget_min}")
     methods = list(methods or METHOD_NAMES)
@@ -136,7 +142,7 @@ def run_experiment(
         if chip is None:
             chip = stack.enter_context(open_chip(base.chip, base.chip_workers))
         for m in methods:
-            results[m] = train(configs[m], chip=chip)
+            results[m] = train(configs[m], chip=chip, stop=stop)
             write_table(out, results, _note(base, budget_min, time.perf_counter() - started))
     return results
 
@@ -153,7 +159,11 @@ def _note(cfg: TrainConfig, budget_min: float, seconds: float) -> str:
 
 
 def run_seeds(
-    base: TrainConfig, methods: list[str] | None, seeds: list[int], budget_min: float = 25.0
+    base: TrainConfig,
+    methods: list[str] | None,
+    seeds: list[int],
+    budget_min: float = 25.0,
+    stop: threading.Event | None = None,
 ) -> dict[int, dict[str, TrainResult]]:
     """The experiment once per seed (split, initialisation and data order all follow the seed),
     each in ``out/seed<k>/``, then ``seeds.md``/``seeds.json``: every method's accuracies per
@@ -162,11 +172,15 @@ def run_seeds(
         raise InvalidArgument("seeds", "give at least one seed")
     out = Path(base.out)
     variants = {s: replace(base, seed=s, out=str(out / f"seed{s}")) for s in seeds}
-    return _run_repeats(out, variants, methods, budget_min, "seed")
+    return _run_repeats(out, variants, methods, budget_min, "seed", stop)
 
 
 def run_folds(
-    base: TrainConfig, methods: list[str] | None, folds: list[int] | None = None, budget_min: float = 25.0
+    base: TrainConfig,
+    methods: list[str] | None,
+    folds: list[int] | None = None,
+    budget_min: float = 25.0,
+    stop: threading.Event | None = None,
 ) -> dict[int, dict[str, TrainResult]]:
     """k-fold cross-validation: the experiment once per validation fold of ``base.seed``'s split
     (``None``: all ``1/val_fraction`` of them, so every sample is validated exactly once), each in
@@ -179,17 +193,22 @@ def run_folds(
         check_fold(k, base.val_fraction, field="folds")
     out = Path(base.out)
     variants = {k: replace(base, fold=k, out=str(out / f"fold{k}")) for k in folds}
-    return _run_repeats(out, variants, methods, budget_min, "fold")
+    return _run_repeats(out, variants, methods, budget_min, "fold", stop)
 
 
 def _run_repeats(
-    out: Path, variants: dict[int, TrainConfig], methods: list[str] | None, budget_min: float, kind: str
+    out: Path,
+    variants: dict[int, TrainConfig],
+    methods: list[str] | None,
+    budget_min: float,
+    kind: str,
+    stop: threading.Event | None,
 ) -> dict[int, dict[str, TrainResult]]:
     first = next(iter(variants.values()))
     results: dict[int, dict[str, TrainResult]] = {}
     with open_chip(first.chip, first.chip_workers) as chip:  # one daemon for every repeat
         for key, cfg in variants.items():
-            results[key] = run_experiment(cfg, methods, budget_min, chip=chip)
+            results[key] = run_experiment(cfg, methods, budget_min, chip=chip, stop=stop)
             write_repeat_table(out, results, kind)
     return results
 
