@@ -39,7 +39,12 @@ def test_train_writes_everything_and_resumes(tmp_path, daemon):
     first = train(cfg)
     for name in ("checkpoint.pt", "config.json", "metrics.csv", "summary.json", "accuracy.png", "weights.png"):
         assert (first.out / name).is_file(), name
-    assert any((first.out / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(first.out / "tb"))
+    board.Reload()
+    assert {"val_chip", "train_loss", "iteration/train_loss", "iteration/chip_wait_s"} <= set(board.Tags()["scalars"])
+    assert [e.step for e in board.Scalars("iteration/train_loss")] == [1, 2]  # one point per batch
     assert first.final.chip is not None and 0.0 <= first.final.chip <= 1.0
     cfg.epochs, cfg.resume = 2, True
     second = train(cfg)

@@ -300,8 +300,14 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
             )
             saved = time.perf_counter()
             for batch in bar:
-                progress.add(method.step(batch, chip))
+                step = method.step(batch, chip)
+                progress.add(step)
                 bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}", acc=f"{progress.correct / progress.seen:.3f}")
+                if writer is not None:  # per iteration too: an epoch of the full data set is ~900 of them
+                    iteration = epoch * total + progress.batches
+                    writer.add_scalar("iteration/train_loss", step.loss, iteration)
+                    writer.add_scalar("iteration/train_acc", step.correct / max(step.n, 1), iteration)
+                    writer.add_scalar("iteration/chip_wait_s", step.chip_wait_s, iteration)
                 stopping = stop is not None and stop.is_set()
                 if stopping or (progress.batches < total and time.perf_counter() - saved >= cfg.checkpoint_every_s):
                     progress.elapsed_s += time.perf_counter() - t_epoch
