@@ -8,6 +8,7 @@ dtype for events everywhere).
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from chiploop.errors import InvalidArgument
 
@@ -21,7 +22,7 @@ CHIP_EVENT_DTYPE = np.dtype(
 )
 
 
-def make_dvs_events(x, y, p, t) -> np.ndarray:
+def make_dvs_events(x: ArrayLike, y: ArrayLike, p: ArrayLike, t: ArrayLike) -> np.ndarray:
     """Build a DVS event array from four equal-length sequences."""
     x = np.asarray(x)
     n = x.shape[0]

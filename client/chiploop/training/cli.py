@@ -177,7 +177,7 @@ def stop_on_signals(command: str) -> Iterator[SignalStop]:
     scheduler's preemption, a Ctrl-C); a second SIGINT interrupts at once."""
     stop = SignalStop()
 
-    def handle(signum, frame):  # noqa: ARG001 - the signal module's signature
+    def handle(signum: int, frame: object) -> None:  # noqa: ARG001 - the signal module's signature
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.signum = signum
@@ -241,7 +241,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add train, eval and experiment to the main CLI's subparsers."""
     p = subparsers.add_parser("train", help="train a spiking CNN for the chip (CIL-SPL and baselines)")
     p.add_argument("--method", choices=METHOD_NAMES, default=_DEFAULTS.method)

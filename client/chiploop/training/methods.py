@@ -128,10 +128,10 @@ class Method:
     def prepare_export(self, calibration: torch.Tensor) -> None:
         """Bring the chip network up to date with the weights before evaluating it."""
 
-    def spec(self):
+    def spec(self) -> NetworkSpec:
         return export_spec(self.snn(), self.readout.bin_us)
 
-    def loop_spec(self):
+    def loop_spec(self) -> NetworkSpec:
         """The spec the chip runs inside the training loop: ``spec()`` plus what the method monitors."""
         return self.spec()
 
@@ -241,7 +241,7 @@ class CILBPTT(BPTT):
         self.deployed = self.loop_spec()
         chip.deploy(self.deployed)
 
-    def loop_spec(self):
+    def loop_spec(self) -> NetworkSpec:
         return export_spec(self.model, self.readout.bin_us, monitor=tuple(self.cfg.substitute_hidden))
 
     def loss_and_score(self, batch: Batch, chip: Chip | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:

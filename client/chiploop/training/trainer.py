@@ -27,11 +27,12 @@ from chiploop.data.loader import EventDataset, iterate_batches, make_batch, num_
 from chiploop.data.nmnist import NMNIST
 from chiploop.data.split import stratified_split
 from chiploop.errors import InvalidArgument
+from chiploop.run import Readout
 from chiploop.spec import NetworkSpec
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig, method_family
 from chiploop.training.evaluate import EvalResult, evaluate
-from chiploop.training.methods import Method, make_method
+from chiploop.training.methods import Method, StepResult, make_method
 
 CHECKPOINT = "checkpoint.pt"
 METRIC_FIELDS = (
@@ -71,7 +72,7 @@ def split_indices(cfg: TrainConfig, labels: np.ndarray) -> tuple[np.ndarray, np.
     return train, val
 
 
-def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, readout) -> torch.Tensor:
+def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, readout: Readout) -> torch.Tensor:
     """Unaugmented frames of the first training samples (weight init and ANN balancing)."""
     idx = train[: cfg.calibration_samples]
     return torch.from_numpy(make_batch(ds, idx, readout).frames)
@@ -132,7 +133,7 @@ class EpochProgress:
     chip_wait_s: float = 0.0
     elapsed_s: float = 0.0  # before this process took the epoch over
 
-    def add(self, step) -> None:
+    def add(self, step: StepResult) -> None:
         self.batches += 1
         self.loss_sum += step.loss * step.n
         self.correct += step.correct
