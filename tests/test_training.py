@@ -184,8 +184,25 @@ def test_cross_validation_validates_each_sample_once_and_pools_paired_margins(tm
     assert "Pooled over" in (tmp_path / "cv" / "folds.md").read_text()
     with pytest.raises(InvalidArgument, match="folds"):
         run_folds(base, ["bptt"], [2])
-    with pytest.raises(InvalidArgument, match="not both"):
-        main(["experiment", "--seeds", "0,1", "--folds", "all", "--out", str(tmp_path / "x")])
+
+
+def test_cross_validation_over_seeds_pools_every_seed_and_fold(tmp_path, daemon, capsys):
+    out = tmp_path / "cvs"
+    command = ["experiment", "--methods", "bptt,cil-bptt", "--seeds", "0,1", "--folds", "1", "--val-fraction", "0.5",
+               "--epochs", "1", "--out", str(out), *tiny_cli_args(daemon, 20)]  # fmt: skip
+    assert main(command) == 0
+    assert "Pooled over 40 validations" in capsys.readouterr().out  # 2 seeds x fold 1 x 20
+    assert (out / "seed1" / "fold1" / "cil-bptt" / "checkpoint.pt").is_file()
+    report = json.loads((out / "cv.json").read_text())
+    per_seed = [json.loads((out / f"seed{s}" / "folds.json").read_text()) for s in (0, 1)]
+    assert report["seeds"] == [0, 1]
+    assert report["percent"]["bptt"]["chip"] == pytest.approx([p["pooled"]["bptt"]["chip"] for p in per_seed])
+    pair = report["paired"]["cil-bptt - bptt"]
+    for key in ("samples", "only_model_right", "only_baseline_right"):
+        assert pair[key] == sum(p["paired"]["cil-bptt - bptt"][key] for p in per_seed)
+    # From the runs already there (--resume measures the checkpoints again): the same figures.
+    assert main([*command, "--resume"]) == 0
+    assert json.loads((out / "cv.json").read_text())["paired"] == report["paired"]
 
 
 def test_paired_margin_counts_the_samples_only_one_model_got_right():

@@ -210,18 +210,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
-    from chiploop.training.experiment import run_experiment, run_folds, run_seeds  # noqa: PLC0415
+    from chiploop.training.experiment import run_cv, run_experiment, run_folds, run_seeds  # noqa: PLC0415
     from chiploop.training.trainer import RunStopped  # noqa: PLC0415
 
     cfg = _config(args, out=args.out, resume=args.resume)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHOD_NAMES)
     if args.epochs is not None:
         cfg.extra["epochs"] = {m: args.epochs for m in METHOD_NAMES}
-    if args.seeds and args.folds:
-        raise InvalidArgument("folds", "give --seeds or --folds, not both (folds split one --seed)")
     with stop_on_signals("experiment") as stop:
         try:
-            if args.seeds:
+            if args.seeds and args.folds:
+                seeds = list(_int_list("seeds", args.seeds))
+                folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
+                run_cv(cfg, methods, seeds, folds, budget_min=args.budget, stop=stop)
+                report = os.path.join(args.out, "cv.md")
+            elif args.seeds:
                 seeds = list(_int_list("seeds", args.seeds))
                 run_seeds(cfg, methods, seeds, budget_min=args.budget, stop=stop)
                 report = os.path.join(args.out, "seeds.md")
@@ -277,7 +280,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "OUT/seed<k>/, and seeds.md with means, spreads and CIL margins")
     p.add_argument("--folds", default="", help="'all' or comma-separated folds: k-fold cross-validation of --seed's split "
                                                "(1/val-fraction folds), each in OUT/fold<k>/, and folds.md with pooled "
-                                               "accuracies and paired CIL margins")
+                                               "accuracies and paired CIL margins; with --seeds: that for every seed, "
+                                               "in OUT/seed<k>/fold<j>/, and cv.md pooling all of them")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every method (default: the plan's)")
     p.add_argument("--methods", default="", help=f"comma-separated subset of {', '.join(METHOD_NAMES)}")
     p.add_argument("--resume", action="store_true", help="continue each method from its checkpoint")

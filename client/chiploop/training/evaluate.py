@@ -96,6 +96,35 @@ def evaluate(
     )
 
 
+def pool_results(results: list[EvalResult]) -> EvalResult:
+    """Several measurements as one, over all their samples in order (each figure weighted by its
+    measurement's size; a chip figure only when every measurement has one)."""
+    if not results:
+        raise InvalidArgument("results", "give at least one measurement to pool")
+    n = sum(r.n for r in results)
+
+    def weighted(name: str) -> float | None:
+        values = [getattr(r, name) for r in results]
+        if any(v is None for v in values):
+            return None
+        return sum(v * r.n for v, r in zip(values, results, strict=True)) / max(n, 1)
+
+    def joined(name: str) -> np.ndarray | None:
+        arrays = [getattr(r, name) for r in results]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
+    return EvalResult(
+        n=n,
+        software=weighted("software"),
+        sync_float=weighted("sync_float"),
+        sync_int=weighted("sync_int"),
+        chip=weighted("chip"),
+        agreement=weighted("agreement"),
+        chip_synops=weighted("chip_synops"),
+        **{name: joined(name) for name in EvalResult.PER_SAMPLE},
+    )
+
+
 def paired_margin(model: list[EvalResult], baseline: list[EvalResult]) -> dict | None:
     """``model`` minus ``baseline`` accuracy on the chip, pooled over every sample both were
     measured on (in order, repeat by repeat) and paired per sample: the margin in points, its

@@ -23,7 +23,7 @@ from chiploop.data.split import check_fold, num_folds
 from chiploop.errors import InvalidArgument
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
-from chiploop.training.evaluate import EvalResult, paired_margin
+from chiploop.training.evaluate import EvalResult, paired_margin, pool_results
 from chiploop.training.trainer import TrainResult, train
 
 #: Relative cost of one epoch with its validation (bptt = 1, about 25 s on the bundled data,
@@ -181,6 +181,7 @@ def run_folds(
     folds: list[int] | None = None,
     budget_min: float = 25.0,
     stop: threading.Event | None = None,
+    chip: Chip | None = None,
 ) -> dict[int, dict[str, TrainResult]]:
     """k-fold cross-validation: the experiment once per validation fold of ``base.seed``'s split
     (``None``: all ``1/val_fraction`` of them, so every sample is validated exactly once), each in
@@ -193,7 +194,34 @@ def run_folds(
         check_fold(k, base.val_fraction, field="folds")
     out = Path(base.out)
     variants = {k: replace(base, fold=k, out=str(out / f"fold{k}")) for k in folds}
-    return _run_repeats(out, variants, methods, budget_min, "fold", stop)
+    return _run_repeats(out, variants, methods, budget_min, "fold", stop, chip)
+
+
+def run_cv(
+    base: TrainConfig,
+    methods: list[str] | None,
+    seeds: list[int],
+    folds: list[int] | None = None,
+    budget_min: float = 25.0,
+    stop: threading.Event | None = None,
+) -> dict[int, dict[int, dict[str, TrainResult]]]:
+    """``run_folds`` once per seed (each seed's own split and folds), in ``out/seed<s>/`` with its
+    ``folds.md``; then ``cv.md``/``cv.json``: each seed's folds pooled, and every seed and fold
+    pooled, with each CIL margin paired per sample over all of them (the figure that judges
+    "cil-bptt beats bptt on the chip" on every bundled sample, several times over)."""
+    if not seeds:
+        raise InvalidArgument("seeds", "give at least one seed")
+    out = Path(base.out)
+    by_seed: dict[int, dict[int, dict[str, TrainResult]]] = {}
+    pooled: dict[int, dict[str, TrainResult]] = {}
+    with open_chip(base.chip, base.chip_workers) as chip:  # one daemon for every seed and fold
+        for seed in seeds:
+            cfg = replace(base, seed=seed, out=str(out / f"seed{seed}"))
+            by_seed[seed] = run_folds(cfg, methods, folds, budget_min, stop, chip)
+            runs = list(by_seed[seed].values())
+            pooled[seed] = {m: replace(runs[0][m], final=pool_results([r[m].final for r in runs])) for m in runs[0]}
+            write_repeat_table(out, pooled, "cv")
+    return by_seed
 
 
 def _run_repeats(
@@ -203,10 +231,13 @@ def _run_repeats(
     budget_min: float,
     kind: str,
     stop: threading.Event | None,
+    chip: Chip | None = None,
 ) -> dict[int, dict[str, TrainResult]]:
     first = next(iter(variants.values()))
     results: dict[int, dict[str, TrainResult]] = {}
-    with open_chip(first.chip, first.chip_workers) as chip:  # one daemon for every repeat
+    with contextlib.ExitStack() as stack:
+        if chip is None:  # one daemon for every repeat
+            chip = stack.enter_context(open_chip(first.chip, first.chip_workers))
         for key, cfg in variants.items():
             results[key] = run_experiment(cfg, methods, budget_min, chip=chip, stop=stop)
             write_repeat_table(out, results, kind)
@@ -226,10 +257,11 @@ def _cell(value: float | None) -> str:
 
 
 def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], kind: str) -> None:
-    """``<kind>s.md``/``.json`` for repeats of the experiment (``kind``: seed or fold)."""
+    """``<kind>s.md``/``.json`` for repeats of the experiment (``kind``: seed or fold), or
+    ``cv.md``/``.json`` (``cv``: each seed's cross-validation pooled into one result)."""
     keys = list(results)
-    labels = [f"{kind} {k}" for k in keys]
-    name = f"{kind}s"
+    labels = [f"{'seed' if kind == 'cv' else kind} {k}" for k in keys]
+    name = "cv" if kind == "cv" else f"{kind}s"
     methods = list(next(iter(results.values())))
     finals = {m: [results[k][m].final for k in keys] for m in methods}
     pct = {  # method -> column -> one value per repeat, in percent / points (None: not measured on a chip)
@@ -240,7 +272,7 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
         }
         for m in methods
     }
-    pooled = {m: _pooled(finals[m]) for m in methods}
+    pooled = {m: _percent(pool_results(finals[m])) for m in methods}
     header = ["method", *(f"{v}: software / chip" for v in labels), "software (mean ± sd)",
               "chip (mean ± sd)", "degradation (mean ± sd)", "pooled: software / chip"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -271,7 +303,12 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
     recipe = results[keys[0]][methods[0]].config.snn_recipe
     if "cil-bptt" in methods:
         recipe += f"; {results[keys[0]]['cil-bptt'].config.substitution}"
-    if kind == "fold":
+    if kind == "cv":
+        lines += ["", f"{len(labels)} seeds, each cross-validated on its own split (every sample validated once per "
+                  f"seed by models that never trained on it: {', '.join(map(str, n_val))} validations); pooled over "
+                  f"the seeds each sample counts once per seed, by different models, so the standard error is a "
+                  f"little optimistic. Each seed's folds: seed<k>/folds.md. {recipe}."]  # fmt: skip
+    elif kind == "fold":
         lines += ["", f"{len(labels)} folds of one seed's stratified split ({', '.join(map(str, n_val))} samples): "
                   f"each sample is validated once, by models that never trained on it. {recipe}."]  # fmt: skip
     else:
@@ -280,12 +317,9 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
                   f"One sample is {100 / max(n_val[0], 1):.1f} points. {recipe}."]  # fmt: skip
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     (out / f"{name}.json").write_text(
-        json.dumps({name: keys, "percent": pct, "pooled": pooled, "chip_margins": margins, "paired": paired}, indent=2)
+        json.dumps({("seeds" if kind == "cv" else name): keys, "percent": pct, "pooled": pooled, "chip_margins": margins, "paired": paired}, indent=2)
     )
 
 
-def _pooled(finals: list[EvalResult]) -> dict[str, float | None]:
-    """Accuracy over every validated sample of every repeat (weighted by each repeat's size)."""
-    n = sum(f.n for f in finals)
-    chip = None if any(f.chip is None for f in finals) else 100 * sum(f.chip * f.n for f in finals) / n
-    return {"software": 100 * sum(f.software * f.n for f in finals) / n, "chip": chip}
+def _percent(result: EvalResult) -> dict[str, float | None]:
+    return {"software": 100 * result.software, "chip": None if result.chip is None else 100 * result.chip}
