@@ -108,11 +108,11 @@ def error_from_rpc(exc: grpc.RpcError, address: str = "") -> ChiploopError:
     return cls(details)
 
 
-def checked_timeout(seconds: float, name: str) -> float:
+def checked_timeout(seconds: float) -> float:
     """A deadline in seconds: gRPC takes NaN or a negative number as already expired, which would
     read as the daemon's fault."""
     if not 0 < seconds < math.inf:
-        raise InvalidArgument(name, f"must be a finite number of seconds > 0, got {seconds}")
+        raise InvalidArgument("timeout", f"must be a finite number of seconds > 0, got {seconds}")
     return float(seconds)
 
 
@@ -133,7 +133,7 @@ class ChipClient:
             raise InvalidArgument("max_chunk_bytes", f"must be >= {EVENT_BYTES}, got {max_chunk_bytes}")
         wire.tune_malloc()
         self.address = address
-        self.timeout = checked_timeout(timeout, "timeout")
+        self.timeout = checked_timeout(timeout)
         self.retries = max(0, int(retries))
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.max_in_flight = max(1, int(max_in_flight))
@@ -154,9 +154,9 @@ class ChipClient:
 
     def _call(self, method: Callable[..., T], request: Any, timeout: float | None, idempotent: bool = True) -> T:
         attempts = 1 + (self.retries if idempotent else 0)
+        deadline = self.timeout if timeout is None else checked_timeout(timeout)
         for attempt in range(attempts):
             try:
-                deadline = self.timeout if timeout is None else checked_timeout(timeout, "timeout")
                 return method(request, timeout=deadline, metadata=self._metadata)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
@@ -387,7 +387,7 @@ class ChipStream:
         self._requests.put(opening)
         self._call = client._stub.StreamEvents(
             iter(self._requests.get, _END),
-            timeout=None if timeout is None else checked_timeout(timeout, "timeout"),
+            timeout=None if timeout is None else checked_timeout(timeout),
             metadata=client._metadata,
         )
         first = self._next()

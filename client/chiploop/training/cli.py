@@ -217,19 +217,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHOD_NAMES)
     if args.epochs is not None:
         cfg.extra["epochs"] = {m: args.epochs for m in METHOD_NAMES}
+    seeds = list(_int_list("seeds", args.seeds)) if args.seeds else []
+    folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
     with stop_on_signals("experiment") as stop:
         try:
             if args.seeds and args.folds:
-                seeds = list(_int_list("seeds", args.seeds))
-                folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
                 run_cv(cfg, methods, seeds, folds, budget_min=args.budget, stop=stop)
                 report = os.path.join(args.out, "cv.md")
             elif args.seeds:
-                seeds = list(_int_list("seeds", args.seeds))
                 run_seeds(cfg, methods, seeds, budget_min=args.budget, stop=stop)
                 report = os.path.join(args.out, "seeds.md")
             elif args.folds:
-                folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
                 run_folds(cfg, methods, folds, budget_min=args.budget, stop=stop)
                 report = os.path.join(args.out, "folds.md")
             else:
