@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -298,12 +299,16 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
                 desc=f"{cfg.method} {epoch + 1}/{cfg.epochs}",
                 disable=not cfg.progress,
                 leave=False,
+                # Off a terminal (nohup, a container's log) every redraw lands in the log: a full-size
+                # epoch is ~900 batches, so there the bar redraws once a minute.
+                mininterval=0.1 if sys.stderr.isatty() else 60.0,
             )
             saved = time.perf_counter()
             for batch in bar:
                 step = method.step(batch, chip)
                 progress.add(step)
-                bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}", acc=f"{progress.correct / progress.seen:.3f}")
+                bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}", acc=f"{progress.correct / progress.seen:.3f}",
+                               refresh=False)
                 if writer is not None:  # per iteration too: an epoch of the full data set is ~900 of them
                     iteration = epoch * total + progress.batches
                     writer.add_scalar("iteration/train_loss", step.loss, iteration)
