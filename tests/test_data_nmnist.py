@@ -94,6 +94,10 @@ def test_full_layout_and_bad_files(tmp_path):
         read_nmnist_bin(tmp_path / "far.bin")
     with pytest.raises(InvalidArgument, match="no N-MNIST data"):
         NMNIST(tmp_path, split="test")
+    # A split folder is itself only for its own split: the test split of Train/ is not Train/.
+    assert list(NMNIST(tmp_path / "Train", split="train").labels) == [3, 3, 7, 7]
+    with pytest.raises(InvalidArgument, match="no N-MNIST data"):
+        NMNIST(tmp_path / "Train", split="test")
 
 
 def test_timestamp_overflow_markers_extend_time_like_the_authors_reader():

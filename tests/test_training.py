@@ -14,12 +14,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from chiploop.data.nmnist import default_data_dir
 from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.evaluate import EvalResult, paired_margin
 from chiploop.training.experiment import plan, run_experiment, run_folds, run_seeds
-from chiploop.training.trainer import RunStopped, load_checkpoint, train
+from chiploop.training.trainer import RunStopped, calibration_indices, load_checkpoint, train
 from conftest import needs_data
 
 pytestmark = needs_data
@@ -57,6 +58,31 @@ def test_train_writes_everything_and_resumes(tmp_path, daemon):
         train(replace(cfg, width=0.5, epochs=3))  # a checkpoint of another network is not resumed
     with pytest.raises(InvalidArgument, match=r"substitute_hidden: is \(\) but .* trained with \(0, 1, 2, 3, 4\)"):
         train(replace(cfg, substitute_hidden=(), epochs=3))  # nor one trained with another substitution
+    with pytest.raises(InvalidArgument, match="lr: is 0.002 but"):
+        train(replace(cfg, lr=2e-3, epochs=3))  # nor with another learning rate
+    with pytest.raises(InvalidArgument, match=r"data: .* holds 500 samples, .* trained on 1000 samples"):
+        train(replace(cfg, data=str(samples_folder(tmp_path / "half", 500)), epochs=3))  # nor on other samples
+
+
+def samples_folder(folder, n: int):
+    """A folder of the first ``n`` bundled samples with labels.csv at its root (links to the files)."""
+    bundled = default_data_dir() / "train"
+    rows = (bundled / "labels.csv").read_text().splitlines()
+    folder.mkdir()
+    (folder / "labels.csv").write_text("\n".join(rows[: n + 1]) + "\n")
+    for row in rows[1 : n + 1]:
+        name = row.split(",")[0].strip()
+        name = name if name.endswith(".bin") else f"{name}.bin"
+        (folder / name).symlink_to(bundled / name)
+    return folder
+
+
+def test_calibration_draws_every_class_from_a_data_set_listed_digit_by_digit():
+    train = np.arange(6000)  # the full data set's order: all zeros first, then all ones, ...
+    labels = np.repeat(np.arange(10), 600)
+    picked = calibration_indices(TrainConfig(calibration_samples=256), train)
+    assert len(picked) == 256 and len(set(picked)) == 256
+    assert np.bincount(labels[picked], minlength=10).min() >= 10
 
 
 @pytest.mark.parametrize("method", ["cil-bptt", "cil-ann"])
@@ -104,6 +130,35 @@ def test_sigterm_stops_chiploop_train_after_a_batch_with_a_checkpoint(tmp_path, 
     saved = load_checkpoint(out / "checkpoint.pt")
     assert saved["in_epoch"] is not None or saved["epoch"] >= 0
     assert saved["epoch"] < 199  # it stopped, not finished
+
+
+def test_cnn_exports_its_trained_weights_unclipped_and_a_checkpoint_stopped_mid_epoch_evaluates(tmp_path, daemon):
+    # Trained in float, the ANN's weights outgrow the grid of the epoch's start; export recalibrates.
+    cfg = TrainConfig(method="cnn", epochs=1, lr=3e-3, out=str(tmp_path / "cnn"), chip=(daemon.address,), **TINY)
+    train(cfg)
+    model = load_checkpoint(tmp_path / "cnn" / "checkpoint.pt")["method"]["model"]
+    for i, scale in enumerate(model["scale"]):
+        assert model[f"convs.{i}.weight"].abs().max() / scale <= 127.0 + 1e-3
+    # Stopped inside its first epoch, before any conversion: eval converts as the epoch's end would.
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RunStopped):
+        train(replace(cfg, out=str(tmp_path / "stopped"), resume=True), stop=stop)
+    assert main(["eval", str(tmp_path / "stopped" / "checkpoint.pt"), "--chip", daemon.address, "--json"]) == 0
+
+
+def test_eval_refuses_a_test_split_that_is_the_training_folder(tmp_path, daemon, capsys):
+    data = samples_folder(tmp_path / "mine", 200)  # labels.csv at the root: every split of itself
+    out = tmp_path / "run"
+    assert main(["train", "--method", "bptt", "--epochs", "1", "--data", str(data), "--out", str(out),
+                 *tiny_cli_args(daemon, 20)]) == 0  # fmt: skip
+    with pytest.raises(InvalidArgument, match="the samples .* was trained on; pass --data with held-out samples"):
+        main(["eval", str(out / "checkpoint.pt"), "--split", "test", "--chip", daemon.address])
+    held_out = samples_folder(tmp_path / "held_out", 30)
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoint.pt"), "--split", "test", "--data", str(held_out),
+                 "--chip", daemon.address, "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["n"] == 30
 
 
 def test_cli_train_then_eval(tmp_path, daemon, capsys):

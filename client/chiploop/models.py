@@ -45,6 +45,7 @@ from chiploop.quant import (
     fake_quant_units,
     quantize_threshold,
     quantize_threshold_low,
+    ste_round,
     weight_scale,
 )
 
@@ -321,6 +322,10 @@ class SpikingCNN(_ConvStack):
         v_out = spikes = None
         for i, (conv, iaf, pool) in enumerate(zip(self.convs, self.spiking, self.pools, strict=True)):
             current = F.conv2d(x, self.weight_units(i, quantized), stride=conv.stride, padding=conv.padding)
+            if quantized:
+                # int8 weights times whole inputs are whole numbers, as on the chip; a GPU's FFT or
+                # Winograd convolution misses them by rounding errors that flip threshold spikes.
+                current = ste_round(current)
             leak = self.leak_units(i, quantized)
             if leak is not None:
                 per_step = torch.tensor(

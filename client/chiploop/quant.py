@@ -40,14 +40,15 @@ def weight_scale(weights: torch.Tensor | np.ndarray, mode: ScaleMode = "max", pe
     return max(top, 1e-12) / WEIGHT_MAX
 
 
-def _ste_round(x: torch.Tensor) -> torch.Tensor:
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to whole numbers in value, the identity in gradient (straight-through)."""
     return x + (torch.round(x) - x).detach()
 
 
 def fake_quant_units(w: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """w / s rounded to the int8 grid, in integer units: value = the int8 weight,
     gradient = d(w / s) inside the int8 range, 0 where the weight clips."""
-    return _ste_round(torch.clamp(w / scale, WEIGHT_MIN, WEIGHT_MAX))
+    return ste_round(torch.clamp(w / scale, WEIGHT_MIN, WEIGHT_MAX))
 
 
 def fake_quant(w: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
@@ -84,4 +85,4 @@ def quantize_leak(leak: torch.Tensor | np.ndarray, scale: float | torch.Tensor) 
 
 
 def fake_quant_leak_units(leak: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-    return _ste_round(torch.clamp(leak / scale, STATE_MIN, STATE_MAX))
+    return ste_round(torch.clamp(leak / scale, STATE_MIN, STATE_MAX))

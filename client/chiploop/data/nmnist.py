@@ -123,9 +123,15 @@ def _natural_key(path: Path) -> tuple[int, str]:
     return (int(stem), stem) if stem.isdigit() else (1 << 62, stem)
 
 
-def _resolve_split(root: Path, split: str) -> Path:
-    """The folder that holds one split's files, whatever the layout."""
-    candidates = [root, root / split, root / split.lower(), root / split.capitalize()]
+SPLIT_NAMES = ("train", "test")
+
+
+def split_folder(root: Path, split: str) -> Path:
+    """The folder that holds one split's files, whatever the layout: ``root`` itself (a split
+    folder, unless it is named after the other split), else ``root/<split>`` in any case."""
+    candidates = [root / split, root / split.lower(), root / split.capitalize()]
+    if root.name.lower() not in SPLIT_NAMES or root.name.lower() == split.lower():
+        candidates.insert(0, root)
     for c in candidates:
         if (c / "labels.csv").is_file() or any((c / str(d)).is_dir() for d in range(NUM_CLASSES)):
             return c
@@ -219,7 +225,7 @@ class NMNIST(CachedEvents):
         self.root = Path(root) if root is not None else default_data_dir()
         if not self.root.is_dir():
             raise InvalidArgument("data", f"not a folder: {self.root}")
-        self.folder = _resolve_split(self.root, split)
+        self.folder = split_folder(self.root, split)
         if (self.folder / "labels.csv").is_file():
             self.files, self.labels = _read_labels_csv(self.folder)
         else:

@@ -4,18 +4,26 @@ and, given several checkpoints, their chip accuracies compared sample by sample.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from chiploop.data.frames import readout_for
 from chiploop.data.loader import EventDataset
+from chiploop.data.nmnist import NMNIST, default_data_dir, split_folder
 from chiploop.errors import InvalidArgument
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.evaluate import EvalResult, evaluate, paired_margin
 from chiploop.training.methods import Method, make_method
-from chiploop.training.trainer import backend_advice, load_checkpoint, load_dataset, split_indices
+from chiploop.training.trainer import (
+    backend_advice,
+    calibration_frames,
+    load_checkpoint,
+    load_dataset,
+    split_indices,
+)
 
 #: What to do when a backend refuses to run a trained checkpoint, by the refused field: unlike in
 #: training, the readout is fixed by how the checkpoint was trained.
@@ -98,7 +106,8 @@ class _Prepared:
 
 def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device: str) -> _Prepared:
     ckpt = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    trained = TrainConfig.from_dict(ckpt["config"])
+    cfg = trained
     if data is not None:
         cfg = replace(cfg, data=data)
     if tonic is not None:
@@ -109,12 +118,35 @@ def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device
     method.load_state_dict(ckpt["method"])
     if split == "test":
         ds = load_dataset(cfg, split="test")
+        _refuse_training_folder(ds, trained, path)
         indices = np.arange(len(ds))
     else:
         ds = load_dataset(cfg)
         indices = split_indices(cfg, np.asarray(ds.labels))[1]
     in_epoch = ckpt.get("in_epoch") or {}
+    if in_epoch:
+        # Written inside an epoch: export as the trainer does at the epoch's end (ANN routes
+        # convert, float training requantizes), from the calibration samples it used.
+        train_ds = ds if split != "test" else load_dataset(cfg)
+        train_idx = split_indices(cfg, np.asarray(train_ds.labels))[0]
+        method.prepare_export(calibration_frames(cfg, train_ds, train_idx, readout).to(method.device))
     return _Prepared(str(path), cfg, int(ckpt["epoch"]) + 1, int(in_epoch.get("batches", 0)), method, ds, indices)
+
+
+def _refuse_training_folder(test: EventDataset, trained: TrainConfig, path: str) -> None:
+    """A folder of samples alone (labels.csv at its root) is every split of itself: trained on one,
+    ``--split test`` without ``--data`` would measure the training samples."""
+    if not isinstance(test, NMNIST) or trained.tonic:
+        return
+    try:
+        train_folder = split_folder(Path(trained.data) if trained.data else default_data_dir(), "train")
+    except InvalidArgument:
+        return  # the training data is not here any more: nothing to confuse it with
+    if test.folder.resolve() == train_folder.resolve():
+        raise InvalidArgument(
+            "split", f"the test split resolves to {test.folder}, the samples {path} was trained on; "
+            "pass --data with held-out samples"
+        )
 
 
 def _evaluate(prepared: _Prepared, pool: Chip, split: str) -> tuple[dict, EvalResult]:

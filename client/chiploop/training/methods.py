@@ -311,7 +311,10 @@ class CNN(Method):
         self._snn = ann_to_snn(self.model, self.balance)
 
     def prepare_export(self, calibration: torch.Tensor) -> None:
-        # The usual conversion step: balance on the trained weights.
+        # The usual conversion step: balance on the trained weights. Trained in float, the weights
+        # outgrow the grid fixed at the epoch's start: recalibrate it, or export would clip them.
+        if not self.qat:
+            self.model.calibrate_scales(self.cfg.scale_mode)
         self.convert(calibration)
 
     def snn(self) -> SpikingCNN:

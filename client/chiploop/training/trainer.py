@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from chiploop.data.augment import Augment
 from chiploop.data.frames import readout_for
 from chiploop.data.loader import EventDataset, iterate_batches, make_batch, num_batches
-from chiploop.data.nmnist import NMNIST
+from chiploop.data.nmnist import NMNIST, default_data_dir
 from chiploop.data.split import stratified_split
 from chiploop.errors import InvalidArgument
 from chiploop.run import Readout
@@ -73,19 +74,34 @@ def split_indices(cfg: TrainConfig, labels: np.ndarray) -> tuple[np.ndarray, np.
     return train, val
 
 
+def calibration_indices(cfg: TrainConfig, train: np.ndarray) -> np.ndarray:
+    """A seeded random subset of the training samples, for weight init and ANN balancing. Not the
+    first ones: the full data set lists its files digit by digit, so those are all zeros."""
+    rng = np.random.default_rng(cfg.seed + 2)
+    return np.sort(train[rng.permutation(len(train))[: cfg.calibration_samples]])
+
+
 def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, readout: Readout) -> torch.Tensor:
-    """Unaugmented frames of the first training samples (weight init and ANN balancing)."""
-    idx = train[: cfg.calibration_samples]
-    return torch.from_numpy(make_batch(ds, idx, readout).frames)
+    """Unaugmented frames of the calibration samples (``calibration_indices``)."""
+    return torch.from_numpy(make_batch(ds, calibration_indices(cfg, train), readout).frames)
 
 
-#: Fields a resumed run must share with its checkpoint (epochs may grow, the chip may move). The
+#: Fields a resumed run must share with its checkpoint: all that shapes what it trains. Epochs may
+#: grow, and the chip and the data's folder may move (``data_fingerprint`` checks the samples). The
 #: substitution is one: cil-bptt's default changed in 384ca97, and a run that switched it halfway
 #: would be neither recipe.
 RESUME_FIELDS = (
     "method", "seed", "bins", "duration_us", "batch_size", "val_fraction", "fold", "max_train", "max_val", "width",
     "neuron", "theta_low", "readout", "qat", "init_target", "augment", "scale_mode", "substitute_hidden",
+    "lr", "lr_schedule", "surrogate_width", "shift", "drop", "balance_percentile", "balance_gain",
+    "calibration_samples", "pretrain_epochs",
 )
+
+
+def data_fingerprint(labels: np.ndarray) -> str:
+    """The samples a run splits, as far as the split can tell: their count and their labels in order."""
+    digest = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return f"{len(labels)} samples, labels {digest}"
 
 
 def _check_same(cfg: TrainConfig, saved: TrainConfig, path: Path, names: tuple[str, ...], advice: str = "") -> None:
@@ -151,13 +167,16 @@ class RunStopped(Exception):
 
 
 def _save_checkpoint(
-    path: Path, cfg: TrainConfig, epoch: int, method: Method, history: list[dict], in_epoch: EpochProgress | None = None
+    path: Path, cfg: TrainConfig, data: str, epoch: int, method: Method, history: list[dict],
+    in_epoch: EpochProgress | None = None,
 ) -> None:
-    """``epoch``: the last finished epoch (-1: none yet); ``in_epoch``: how far the next one got."""
+    """``data``: ``data_fingerprint``; ``epoch``: the last finished epoch (-1: none yet);
+    ``in_epoch``: how far the next one got."""
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
             "config": cfg.to_dict(),
+            "data": data,
             "epoch": epoch,
             "method": method.state_dict(),
             "history": history,
@@ -254,6 +273,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(cfg)
     train_idx, val_idx = split_indices(cfg, np.asarray(ds.labels))
+    data = data_fingerprint(np.asarray(ds.labels))
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
     calib = calibration_frames(cfg, ds, train_idx, readout).to(method.device)
@@ -267,6 +287,11 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
             cfg, TrainConfig.from_dict(ckpt["config"]), ckpt_path, RESUME_FIELDS,
             "; use another --out or the same settings to resume",
         )
+        if ckpt.get("data", data) != data:  # checkpoints before the fingerprint have none
+            raise InvalidArgument(
+                "data", f"{cfg.data or default_data_dir()} holds {data}, but {ckpt_path} was trained on "
+                f"{ckpt['data']}; point --data at the samples it trained on"
+            )
         method.load_state_dict(ckpt["method"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
@@ -318,7 +343,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
                 if stopping or (progress.batches < total and time.perf_counter() - saved >= cfg.checkpoint_every_s):
                     progress.elapsed_s += time.perf_counter() - t_epoch
                     t_epoch = saved = time.perf_counter()
-                    _save_checkpoint(ckpt_path, cfg, epoch - 1, method, history, in_epoch=progress)
+                    _save_checkpoint(ckpt_path, cfg, data, epoch - 1, method, history, in_epoch=progress)
                     if stopping:
                         bar.close()
                         raise RunStopped(ckpt_path, f"after batch {progress.batches} of {total} in epoch {epoch + 1}")
@@ -346,7 +371,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
                     if key != "epoch" and value is not None:
                         writer.add_scalar(key, value, epoch)
                 writer.flush()
-            _save_checkpoint(ckpt_path, cfg, epoch, method, history)
+            _save_checkpoint(ckpt_path, cfg, data, epoch, method, history)
             if cfg.progress:
                 chip_txt = "" if final.chip is None else f", chip {100 * final.chip:.1f}%"
                 tqdm.write(
