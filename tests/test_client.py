@@ -10,10 +10,18 @@ import time
 import numpy as np
 import pytest
 from chiploop.client import ChipClient, ChipInfo, Deployment
-from chiploop.errors import BackendUnavailable, FailedPrecondition, InvalidArgument, NotFound
-from chiploop.events import CHIP_EVENT_DTYPE, make_dvs_events
+from chiploop.errors import (
+    BackendUnavailable,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, make_dvs_events
 from chiploop.limits import SPECK
 from chiploop.run import Readout, pack_samples
+from chiploop.spec import InputLayer, Layer, NetworkSpec
 from conftest import small_spec
 
 READOUT = Readout(bin_us=100_000, num_bins=3, membrane_layers=(1,))
@@ -150,9 +158,58 @@ def test_sessions_belong_to_their_user(daemon, nmnist_samples):
                 bob.read_outputs(stream.session_id)
 
 
-def test_an_unknown_model_ends_the_stream_with_not_found(client):
-    with pytest.raises(NotFound, match="model_id"):
-        client.stream("missing", READOUT)
+def test_an_unknown_model_ends_the_stream_with_not_found_and_leaves_no_thread_behind(client):
+    before = threading.active_count()
+    for _ in range(5):
+        with pytest.raises(NotFound, match="model_id"):
+            client.stream("missing", READOUT)
+    # gRPC reads a stream's requests in a thread of its own: each failed stream must end it.
+    for _ in range(100):
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def wide_spec(channels: int, kernel: int = 3, threshold: int = 8) -> NetworkSpec:
+    """One convolution of ``channels`` on 34x34 input: kernel**2 * channels synops per event."""
+    weights = np.ones((channels, 2, kernel, kernel), np.int8)
+    return NetworkSpec(
+        layers=(Layer(weights=weights, threshold_high=threshold, padding=(kernel // 2, kernel // 2)),),
+        input=InputLayer(sensor_size=(34, 34)),
+    )
+
+
+def test_a_stream_whose_counts_would_not_fit_in_memory_is_refused_at_open(client):
+    model = client.deploy(wide_spec(16)).model_id
+    with pytest.raises(ResourceExhausted, match=r"a stream session would take 1\.4 GiB"):
+        client.stream(model, Readout(bin_us=1000, num_bins=20_000, spatial_counts=True))
+
+
+def test_a_stream_answers_within_the_client_timeout_or_is_cancelled(daemon, client):
+    model = client.deploy(wide_spec(16, kernel=7, threshold=30_000)).model_id
+    rng = np.random.default_rng(0)
+    n = 2_000_000  # one sample of ~1.6 G synops: the device is busy with it for a second or two
+    sample = np.zeros(n, DVS_EVENT_DTYPE)
+    sample["x"], sample["y"], sample["t"] = rng.integers(0, 34, n), rng.integers(0, 34, n), np.arange(n)
+    busy = client.run_async(model, [sample], Readout(bin_us=n, num_bins=1))
+    for _ in range(200):  # until the run is on the device (it takes a moment to send)
+        if client.info().device_busy:
+            break
+        time.sleep(0.01)
+    with ChipClient(daemon.address, timeout=0.2) as impatient:
+        with pytest.raises(DeadlineExceeded, match="within the client's timeout of 0.2 s; the stream was cancelled"):
+            impatient.stream(model, Readout())
+    busy.result()
+
+
+def test_packed_offsets_that_do_not_cut_the_events_are_refused_before_sending(client):
+    events = make_dvs_events([1] * 10, [1] * 10, [0] * 10, list(range(10)))
+    model = client.deploy(small_spec()).model_id
+    with pytest.raises(InvalidArgument, match="offsets\\[1\\]: must equal the number of events 10, got 5"):
+        client.run(model, (events, np.array([0, 5])), READOUT)
+    with pytest.raises(InvalidArgument, match="offsets\\[0\\]: must be 0, got 3"):
+        client.run(model, (events, np.array([3, 10])), READOUT)
 
 
 def _free_port() -> int:

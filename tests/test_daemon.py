@@ -4,6 +4,7 @@ daemon still serves."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -101,6 +102,7 @@ def test_reflection_lists_and_describes_the_chip_service(channel):
         (make_dvs_events([1, 1], [1, 1], [0, 2], [0, 1]), "events[1].p", "p must be 0 or 1"),
         (make_dvs_events([1, 1], [1, 1], [0, 0], [5, 3]), "events[1].t", "timestamps must be sorted, 3 follows 5"),
         (make_dvs_events([1, 1], [1, 1], [0, 0], [-5, 3]), "events[0].t", "t must be >= 0"),
+        (make_dvs_events([1, 1], [1, 1], [0, 0], [0, 2**62]), "events[1].t", "t must be <= 1152921504606846976"),
     ],
 )
 def test_bad_events_are_invalid_argument_naming_the_event(stub, model_id, events, where, what):
@@ -136,6 +138,7 @@ def test_unsorted_events_within_one_sample_of_a_batch_are_refused_naming_the_sam
         (lambda r: wire.encode_array(np.array([0, 1, 5], np.int64), r.offsets), "offsets[2]: must equal the number of events 2"),
         (lambda r: wire.encode_array(np.array([1, 2], np.int64), r.offsets), "offsets[0]: must be 0"),
         (lambda r: setattr(r.readout, "num_bins", 0), "readout.num_bins: must be 1.."),
+        (lambda r: setattr(r.readout, "bin_us", 2**62), "readout: the bins end at 4611686018427387904 us, past"),
         (lambda r: r.readout.membrane_layers.append(7), "readout.membrane_layers: no layer 7"),
     ],
 )
@@ -162,6 +165,7 @@ def test_malformed_run_requests_are_invalid_argument_naming_the_field(stub, mode
         ),
         (lambda s: s.with_layer(0, stride=(3, 3)), ["layers[0]: stride (y) is 3, the chip allows 1/2/4/8"]),
         (lambda s: s.with_layer(1, threshold_high=40000), ["layers[1]: threshold_high is 40000"]),
+        (lambda s: dataclasses.replace(s, hop_latency_us=2**62), ["hop_latency_us: must be 0..1000000"]),
     ],
 )
 def test_networks_breaking_the_chip_are_refused_naming_layer_limit_and_value(stub, model_id, spec_change, match):

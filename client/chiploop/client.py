@@ -34,11 +34,12 @@ from chiploop.errors import (
     ERROR_CLASSES,
     BackendUnavailable,
     ChiploopError,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
 )
-from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, check_dvs_layout
+from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, check_dvs_layout, check_offsets
 from chiploop.limits import ChipLimits
 from chiploop.run import Readout, RunResult, pack_samples
 from chiploop.spec import NetworkSpec
@@ -395,14 +396,35 @@ class ChipStream:
         self.events_in = 0
 
     def _next(self) -> pb.StreamResponse:
+        """The daemon's next answer, within the client's timeout (gRPC has no per-message one:
+        past it the stream is cancelled)."""
+        expired = threading.Event()
+        timer = None
+        if self._client.timeout is not None:
+            timer = threading.Timer(self._client.timeout, lambda: (expired.set(), self._call.cancel()))
+            timer.daemon = True
+            timer.start()
         try:
             return next(self._call)
         except grpc.RpcError as exc:
-            self._closed = True
+            self._end()
+            if expired.is_set():
+                raise DeadlineExceeded(
+                    f"no answer from {self._client.address} within the client's timeout of {self._client.timeout} s; "
+                    "the stream was cancelled (its session stays readable by id)"
+                ) from None
             raise error_from_rpc(exc, self._client.address) from None
         except StopIteration:
-            self._closed = True
+            self._end()
             raise FailedPrecondition("the daemon ended the stream") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _end(self) -> None:
+        # gRPC reads the requests in a thread of its own, blocked on the queue until _END arrives.
+        self._closed = True
+        self._requests.put(_END)
 
     def send(self, events: np.ndarray) -> np.ndarray:
         """Feed the next time-sorted chunk of DVS events; the chip events it caused."""
@@ -431,8 +453,7 @@ class ChipStream:
         """End the stream (the session stays readable by id until it expires)."""
         if self._closed:
             return
-        self._closed = True
-        self._requests.put(_END)
+        self._end()
         try:
             for _ in self._call:  # the server answers every chunk before it sees the end
                 pass
@@ -445,7 +466,7 @@ class ChipStream:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is not None and not self._closed:
             self._call.cancel()
-            self._closed = True
+            self._end()
         self.close()
 
     def __iter__(self) -> Iterator:  # a stream is not an iterable of responses; be explicit about it
@@ -464,7 +485,9 @@ def pack_batch(samples: Any) -> tuple[np.ndarray, np.ndarray]:
         offsets = np.asarray(offsets)
         if offsets.dtype.kind not in "iu" or offsets.ndim != 1:
             raise InvalidArgument("offsets", f"must be a 1-D integer array [n + 1], got {offsets.dtype} {offsets.shape}")
-        return events, offsets.astype(np.int64, copy=False)
+        offsets = offsets.astype(np.int64, copy=False)
+        check_offsets(offsets, events.size)  # the client cuts the batch by them: a bad cut would lose events
+        return events, offsets
     samples = list(samples)
     for i, sample in enumerate(samples):
         check_dvs_layout(sample, f"samples[{i}]")

@@ -15,6 +15,10 @@ from chiploop.errors import InvalidArgument
 #: A DVS event: sensor column x, row y, polarity p (1 = ON, 0 = OFF), time t in us.
 DVS_EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("p", "u1"), ("t", "<i8")])
 
+#: The latest timestamp a chip input may carry, in us (about 36,000 years): past any recording, and
+#: far enough from int64's end that times plus hop latencies, bins and leak periods cannot overflow.
+MAX_TIME_US = 1 << 60
+
 #: A spike leaving the chip (or a monitored core): source layer, channel k, row y,
 #: column x (the neuron's own coordinates, before the route's pooling), time t in us.
 CHIP_EVENT_DTYPE = np.dtype(
@@ -64,6 +68,7 @@ def check_dvs_events(
         ("y", events["y"] >= height, f"y must be < sensor height {height}"),
         ("p", events["p"] > 1, "p must be 0 or 1"),
         ("t", events["t"] < 0, "t must be >= 0"),
+        ("t", events["t"] > MAX_TIME_US, f"t must be <= {MAX_TIME_US} (2**60 us)"),
     )
     for name, bad, message in checks:
         if bad.any():

@@ -43,6 +43,10 @@ class ChipLimits:
 
 SPECK = ChipLimits()
 
+#: The longest latency a network may model per hop, in us: a hop on the chip takes microseconds,
+#: and a second's bound keeps output times (input time + hops) far from int64's end.
+MAX_HOP_LATENCY_US = 1_000_000
+
 
 def _ceil_log2(n: int) -> int:
     return max(0, (int(n) - 1).bit_length())
@@ -228,8 +232,8 @@ def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:
     for m in spec.monitor:
         if not 0 <= m < len(spec.layers):
             raise InvalidArgument("monitor", f"no layer {m}")
-    if spec.hop_latency_us < 0:
-        raise InvalidArgument("hop_latency_us", "must be >= 0")
+    if not 0 <= spec.hop_latency_us <= MAX_HOP_LATENCY_US:
+        raise InvalidArgument("hop_latency_us", f"must be 0..{MAX_HOP_LATENCY_US}, got {spec.hop_latency_us}")
     return place(spec, [out for _, out in shapes], limits)
 
 

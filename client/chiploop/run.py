@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from chiploop.errors import InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE
+from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, MAX_TIME_US
 
 if TYPE_CHECKING:
     from chiploop.spec import NetworkSpec
@@ -54,6 +54,8 @@ class Readout:
             raise InvalidArgument("readout.num_bins", f"must be 1..{MAX_BINS}, got {self.num_bins}")
         if self.t0_us < 0:
             raise InvalidArgument("readout.t0_us", f"must be >= 0, got {self.t0_us}")
+        if self.t_end_us > MAX_TIME_US:
+            raise InvalidArgument("readout", f"the bins end at {self.t_end_us} us, past the latest time {MAX_TIME_US}")
         if self.mode not in RUN_MODES:
             raise InvalidArgument("readout.mode", f"must be one of {RUN_MODES}, got {self.mode!r}")
         for m in self.membrane_layers:
@@ -62,7 +64,7 @@ class Readout:
 
     @property
     def t_end_us(self) -> int:
-        return self.t0_us + self.bin_us * self.num_bins
+        return int(self.t0_us) + int(self.bin_us) * int(self.num_bins)  # Python ints: no overflow
 
 
 @dataclass

@@ -84,6 +84,8 @@ def _answer_stream_errors(method: Callable) -> Callable:
         try:
             yield from method(self, request_iterator, context)
             return
+        except grpc.RpcError:  # reading the client's messages failed: it cancelled, no one to answer
+            return
         except Exception as exc:  # noqa: BLE001
             code, message = self._failed(method.__name__, exc)
         context.abort(code, message)
@@ -95,6 +97,19 @@ def _required(parent: Any, name: str, field: str | None = None) -> Any:
     if not parent.HasField(name):
         raise InvalidArgument(field or name, "missing")
     return getattr(parent, name)
+
+
+class _StreamJob:
+    """The job a stream waits for now, cancelled when the stream ends: one callback per stream,
+    not one per chunk (gRPC keeps callbacks, and each chunk's output with them, until the end)."""
+
+    def __init__(self) -> None:
+        self.future: concurrent.futures.Future | None = None
+
+    def cancel(self) -> None:
+        future = self.future
+        if future is not None:
+            future.cancel()
 
 
 class ChipServicer(pb_grpc.ChipServicer):
@@ -132,12 +147,18 @@ class ChipServicer(pb_grpc.ChipServicer):
             log.info("%s refused (%s): %s", rpc, code.name, message)
         return code, message
 
-    def _do(self, context: grpc.ServicerContext, kind: str, user: str, payload: Callable[[Device], Any], size: int = 0) -> Any:
+    def _do(
+        self, context: grpc.ServicerContext, kind: str, user: str, payload: Callable[[Device], Any], size: int = 0,
+        stream: _StreamJob | None = None,
+    ) -> Any:
         """Run ``payload`` on the device's worker within the caller's deadline; return its result."""
         job = Job(kind, user, payload, deadline_from(context.time_remaining()), size=size)
         future = self.scheduler.submit(job)
         # The RPC ending early (cancelled, deadline) drops the job if it still waits in the queue.
-        context.add_callback(future.cancel)
+        if stream is None:
+            context.add_callback(future.cancel)
+        else:
+            stream.future = future
         return self._wait(job, future)
 
     @staticmethod
@@ -234,6 +255,8 @@ class ChipServicer(pb_grpc.ChipServicer):
         if not self._streams.acquire(blocking=False):
             raise ResourceExhausted(f"{self.max_streams} streams are open (the daemon's max_streams); retry later")
         entry: SessionEntry | None = None
+        current = _StreamJob()
+        context.add_callback(current.cancel)
         try:
             first = next(request_iterator, None)
             if first is None:
@@ -243,7 +266,9 @@ class ChipServicer(pb_grpc.ChipServicer):
             model = self.registry.get(first.open.model_id)
             readout = wire.decode_readout(first.open.readout)
             readout.check(len(model.spec.layers))
-            session = self._do(context, "open", user, lambda device: device.open_session(model.handle, readout))
+            session = self._do(
+                context, "open", user, lambda device: device.open_session(model.handle, readout), stream=current
+            )
             entry = self.sessions.add(
                 user, model.model_id, readout, model.spec.input.sensor_size, len(model.spec.layers), session
             )
@@ -254,7 +279,9 @@ class ChipServicer(pb_grpc.ChipServicer):
                 events = wire.decode_array(request.events, "events", dtype=DVS_EVENT_DTYPE, ndim=1)
                 check_dvs_events(events, entry.sensor_size, "events")
                 response = pb.StreamResponse(session_id=entry.session_id)
-                out = self._do(context, "feed", user, functools.partial(_feed, entry, events), size=events.size)
+                out = self._do(
+                    context, "feed", user, functools.partial(_feed, entry, events), size=events.size, stream=current
+                )
                 wire.encode_array(out, response.output_events, "output_events")
                 response.events_in = entry.events_in
                 yield response

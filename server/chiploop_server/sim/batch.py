@@ -89,6 +89,16 @@ def chip_events(net: SimNetwork, keys: np.ndarray, times: np.ndarray) -> np.ndar
     return out
 
 
+def refuse_large_readout(result_bytes: int, what: str) -> None:
+    """Refuse a readout whose counts and membranes would take more than MAX_RESULT_BYTES."""
+    if result_bytes > MAX_RESULT_BYTES:
+        raise ResourceExhausted(
+            f"readout: counts and membranes of {what} would take {result_bytes / 2**30:.1f} GiB "
+            f"(at most {MAX_RESULT_BYTES / 2**30:.0f}); ask for fewer bins, membrane layers or samples, "
+            "or counts without spatial_counts"
+        )
+
+
 def run_batch(
     net: SimNetwork,
     events: np.ndarray,
@@ -126,13 +136,7 @@ def run_batch(
 
     cnt_ofs, cnt_shapes, cnt_size = count_layout(net, readout)
     mem_ofs, mem_size = snapshot_layout(net, readout)
-    result_bytes = n * (4 * cnt_size + 2 * mem_size)
-    if result_bytes > MAX_RESULT_BYTES:
-        raise ResourceExhausted(
-            f"readout: counts and membranes of {n} samples would take {result_bytes / 2**30:.1f} GiB "
-            f"(at most {MAX_RESULT_BYTES / 2**30:.0f}); ask for fewer bins, membrane layers or samples, "
-            "or counts without spatial_counts"
-        )
+    refuse_large_readout(n * (4 * cnt_size + 2 * mem_size), f"{n} samples")
     counts = np.zeros((n, cnt_size), np.int32)
     snaps = np.zeros((n, mem_size), np.int16)
     outputs: list[np.ndarray] = [np.zeros(0, CHIP_EVENT_DTYPE)] * n

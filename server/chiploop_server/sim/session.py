@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from chiploop.errors import InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events
+from chiploop.events import CHIP_EVENT_DTYPE, MAX_TIME_US, check_dvs_events
 from chiploop.run import Readout
 
 from chiploop_server.sim.batch import (
@@ -18,6 +18,7 @@ from chiploop_server.sim.batch import (
     check_tick_work,
     chip_events,
     count_layout,
+    refuse_large_readout,
     runaway,
 )
 from chiploop_server.sim.input_stage import map_input
@@ -46,6 +47,7 @@ class SimSession:
         self.readout = readout
         self.max_spikes = max_spikes
         self._cnt_ofs, self._cnt_shapes, cnt_size = count_layout(net, readout)
+        refuse_large_readout(4 * cnt_size, "a stream session")  # read whole by every ReadOutputs
         self._mem_ofs = np.full(net.num_layers, -1, np.int64)
         self._counts = np.zeros(cnt_size, np.int32)
         self.reset()
@@ -80,8 +82,10 @@ class SimSession:
 
     def advance(self, t_us: int) -> np.ndarray:
         """Let time pass to t_us with no events: leak ticks up to it run; return the chip events caused."""
-        if isinstance(t_us, bool) or not isinstance(t_us, (int, np.integer)) or t_us < self._last_t:
-            raise InvalidArgument("t_us", f"must be an integer >= the last time fed ({self._last_t}), got {t_us!r}")
+        if isinstance(t_us, bool) or not isinstance(t_us, (int, np.integer)) or not self._last_t <= t_us <= MAX_TIME_US:
+            raise InvalidArgument(
+                "t_us", f"must be an integer from the last time fed ({self._last_t}) to {MAX_TIME_US}, got {t_us!r}"
+            )
         empty = np.zeros(0, np.int32)
         return self._run(empty, empty, empty, np.zeros(0, np.int64), int(t_us))
 
