@@ -65,6 +65,8 @@ class Method:
 
     name = ""
     chip_in_loop = False
+    #: Whether training runs the weights on the int8 grid (QAT); if not, the grid follows them at export.
+    trains_quantized = True
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -86,7 +88,9 @@ class Method:
     def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None, resumed: bool = False) -> None:
         """Fix what holds for the epoch (scales, the ANN routes' conversion) and put it on the chip.
         ``resumed``: the epoch began before a checkpoint, whose state holds what it fixed."""
-        raise NotImplementedError
+        # Scales (hence int thresholds) move once per epoch; within it only weights change.
+        if not resumed:
+            self.model.calibrate_scales(self.cfg.scale_mode)
 
     def loss_and_score(self, batch: Batch, chip: Chip | None) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(loss, the [B, K] scores it was computed on, seconds waited for the chip)."""
@@ -126,7 +130,11 @@ class Method:
         raise NotImplementedError
 
     def prepare_export(self, calibration: torch.Tensor) -> None:
-        """Bring the chip network up to date with the weights before evaluating it."""
+        """Bring the chip network up to date with the weights before evaluating it. Weights trained
+        in float outgrow the grid fixed at the epoch's start: post-training quantization gives them
+        their own, so export clips nothing."""
+        if not self.trains_quantized:
+            self.model.calibrate_scales(self.cfg.scale_mode)
 
     def spec(self) -> NetworkSpec:
         return export_spec(self.snn(), self.readout.bin_us)
@@ -180,16 +188,6 @@ class BPTT(Method):
     def setup(self, calibration: torch.Tensor) -> None:
         if self.cfg.init_target is not None:  # None: torch's default init
             data_init(self.model, calibration, target=self.cfg.init_target)
-
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None, resumed: bool = False) -> None:
-        # Scales (hence int thresholds) move once per epoch; within it only weights change.
-        if not resumed:
-            self.model.calibrate_scales(self.cfg.scale_mode)
-
-    def prepare_export(self, calibration: torch.Tensor) -> None:
-        if not self.trains_quantized:
-            # Post-training quantization: the scales of the weights as trained, so nothing clips.
-            self.model.calibrate_scales(self.cfg.scale_mode)
 
     def snn(self) -> SpikingCNN:
         return self.model
@@ -299,10 +297,6 @@ class CNN(Method):
     def setup(self, calibration: torch.Tensor) -> None:
         pass  # torch's default init suits the ANN
 
-    def start_epoch(self, epoch: int, calibration: torch.Tensor, chip: Chip | None, resumed: bool = False) -> None:
-        if not resumed:
-            self.model.calibrate_scales(self.cfg.scale_mode)
-
     def convert(self, calibration: torch.Tensor) -> None:
         chunks = torch.split(calibration, 64)
         self.balance = balance(
@@ -310,12 +304,13 @@ class CNN(Method):
         )
         self._snn = ann_to_snn(self.model, self.balance)
 
+    @property
+    def trains_quantized(self) -> bool:
+        return self.qat
+
     def prepare_export(self, calibration: torch.Tensor) -> None:
-        # The usual conversion step: balance on the trained weights. Trained in float, the weights
-        # outgrow the grid fixed at the epoch's start: recalibrate it, or export would clip them.
-        if not self.qat:
-            self.model.calibrate_scales(self.cfg.scale_mode)
-        self.convert(calibration)
+        super().prepare_export(calibration)  # the grid, for plain cnn
+        self.convert(calibration)  # the usual conversion step: balance on the trained weights
 
     def snn(self) -> SpikingCNN:
         if self._snn is None:
