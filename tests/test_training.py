@@ -64,6 +64,22 @@ def test_train_writes_everything_and_resumes(tmp_path, daemon):
         train(replace(cfg, data=str(samples_folder(tmp_path / "half", 500)), epochs=3))  # nor on other samples
 
 
+def test_a_run_its_time_limit_stopped_is_finished_and_resuming_it_only_measures(tmp_path, daemon):
+    """experiment --budget gives each method a time limit; experiment --resume rebuilds the tables
+    from the runs there, so a run the limit stopped must not train on when resumed, and its
+    reported time is the training's, not the measurement's."""
+    cfg = TrainConfig(method="bptt", epochs=3, out=str(tmp_path / "run"), chip=(daemon.address,),
+                      time_limit_s=1e-3, resume=True, **TINY)  # fmt: skip
+    first = train(cfg)
+    assert [h["epoch"] for h in first.history] == [0]  # stopped after the epoch that passed the limit
+    again = train(cfg)
+    assert again.history == first.history and again.final.chip == first.final.chip
+    assert 0 < again.seconds <= first.seconds
+    longer = train(replace(cfg, time_limit_s=None))  # a larger budget trains on
+    assert [h["epoch"] for h in longer.history] == [0, 1, 2]
+    assert longer.seconds > first.seconds
+
+
 def samples_folder(folder, n: int):
     """A folder of the first ``n`` bundled samples with labels.csv at its root (links to the files)."""
     bundled = default_data_dir() / "train"

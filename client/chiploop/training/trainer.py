@@ -49,7 +49,7 @@ class TrainResult:
     history: list[dict]
     final: EvalResult
     out: Path
-    seconds: float
+    seconds: float  # the run's wall time over every session; measuring a finished run again adds none
     spec: NetworkSpec  # the chip network the final numbers were measured on
 
 
@@ -167,11 +167,12 @@ class RunStopped(Exception):
 
 
 def _save_checkpoint(
-    path: Path, cfg: TrainConfig, data: str, epoch: int, method: Method, history: list[dict],
+    path: Path, cfg: TrainConfig, data: str, epoch: int, method: Method, history: list[dict], elapsed_s: float,
     in_epoch: EpochProgress | None = None,
 ) -> None:
     """``data``: ``data_fingerprint``; ``epoch``: the last finished epoch (-1: none yet);
-    ``in_epoch``: how far the next one got."""
+    ``elapsed_s``: the run's wall time so far, over every session; ``in_epoch``: how far the
+    next epoch got."""
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -182,6 +183,7 @@ def _save_checkpoint(
             "history": history,
             "torch_rng": torch.get_rng_state(),
             "in_epoch": None if in_epoch is None else asdict(in_epoch),
+            "elapsed_s": elapsed_s,
             "format": 1,
         },
         tmp,
@@ -278,6 +280,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
     method = make_method(cfg, readout)
     calib = calibration_frames(cfg, ds, train_idx, readout).to(method.device)
     history: list[dict] = []
+    previous_s = 0.0  # the run's time in earlier sessions
     start_epoch = 0
     resumed_in: EpochProgress | None = None  # the epoch a checkpoint was written inside of
     ckpt_path = out / CHECKPOINT
@@ -293,6 +296,11 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
                 f"{ckpt['data']}; point --data at the samples it trained on"
             )
         method.load_state_dict(ckpt["method"])
+        # The time limit and the reported time span every session of the run: a run the limit
+        # stopped is finished, and resuming it (experiment --resume rebuilding its tables) measures
+        # it again rather than training on.
+        previous_s = float(ckpt.get("elapsed_s", 0.0))  # checkpoints before it: no record
+        started -= previous_s
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"]) + 1
         torch.set_rng_state(ckpt["torch_rng"])
@@ -309,7 +317,10 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
-            progress = resumed_in if resumed_in is not None and resumed_in.epoch == epoch else EpochProgress(epoch)
+            finishing = resumed_in is not None and resumed_in.epoch == epoch
+            if history and not finishing and _past(cfg.time_limit_s, started):
+                break  # after the epoch that passed the limit (perhaps in an earlier session)
+            progress = resumed_in if finishing else EpochProgress(epoch)
             method.set_learning_rate(epoch)
             method.start_epoch(epoch, calib, chip, resumed=progress.batches > 0)
             batches = iterate_batches(
@@ -343,7 +354,9 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
                 if stopping or (progress.batches < total and time.perf_counter() - saved >= cfg.checkpoint_every_s):
                     progress.elapsed_s += time.perf_counter() - t_epoch
                     t_epoch = saved = time.perf_counter()
-                    _save_checkpoint(ckpt_path, cfg, data, epoch - 1, method, history, in_epoch=progress)
+                    _save_checkpoint(
+                        ckpt_path, cfg, data, epoch - 1, method, history, saved - started, in_epoch=progress
+                    )
                     if stopping:
                         bar.close()
                         raise RunStopped(ckpt_path, f"after batch {progress.batches} of {total} in epoch {epoch + 1}")
@@ -371,7 +384,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
                     if key != "epoch" and value is not None:
                         writer.add_scalar(key, value, epoch)
                 writer.flush()
-            _save_checkpoint(ckpt_path, cfg, data, epoch, method, history)
+            _save_checkpoint(ckpt_path, cfg, data, epoch, method, history, time.perf_counter() - started)
             if cfg.progress:
                 chip_txt = "" if final.chip is None else f", chip {100 * final.chip:.1f}%"
                 tqdm.write(
@@ -380,17 +393,21 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
                 )
             if stop is not None and stop.is_set() and epoch + 1 < cfg.epochs:
                 raise RunStopped(ckpt_path, f"after epoch {epoch + 1}")
-            if cfg.time_limit_s is not None and time.perf_counter() - started > cfg.time_limit_s:
-                break
     finally:
         if writer is not None:
             writer.close()
+    seconds = time.perf_counter() - started
     if final is None:  # nothing left to train (a finished run resumed): evaluate what is there
         method.prepare_export(calib)
         final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
+        seconds = previous_s  # the run's time: measuring it again is not training it
     spec = method.spec()
     _finish(out, cfg, spec, history, final)
-    return TrainResult(cfg, history, final, out, time.perf_counter() - started, spec)
+    return TrainResult(cfg, history, final, out, seconds, spec)
+
+
+def _past(time_limit_s: float | None, started: float) -> bool:
+    return time_limit_s is not None and time.perf_counter() - started > time_limit_s
 
 
 def _finish(out: Path, cfg: TrainConfig, spec: NetworkSpec, history: list[dict], final: EvalResult) -> None:
