@@ -16,7 +16,7 @@ import json
 import statistics
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from chiploop.data.split import check_fold, num_folds
@@ -256,12 +256,43 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+@dataclass(frozen=True)
+class _RepeatKind:
+    """How one kind of repeated experiment is labelled and written."""
+
+    label: str  # a repeat's label: "<label> <key>"; the json lists the keys as "<label>s"
+    name: str  # the files: <name>.md / <name>.json
+    note: str  # the table's closing note; {n}: repeats, {validations}: samples per repeat, {one_sample}, {recipe}
+
+
+REPEAT_KINDS = {
+    "seed": _RepeatKind(
+        "seed", "seeds",
+        "{n} seeds; each seed draws its own validation split of {first} samples, its own initialisation and "
+        "data order (the splits overlap, so the pooled standard error is optimistic). One sample is "
+        "{one_sample:.1f} points. {recipe}.",
+    ),
+    "fold": _RepeatKind(
+        "fold", "folds",
+        "{n} folds of one seed's stratified split ({validations} samples): each sample is validated once, by "
+        "models that never trained on it. {recipe}.",
+    ),
+    "cv": _RepeatKind(  # each seed's cross-validation pooled into one result
+        "seed", "cv",
+        "{n} seeds, each cross-validated on its own split (every sample validated once per seed by models that "
+        "never trained on it: {validations} validations); pooled over the seeds each sample counts once per "
+        "seed, by different models, so the standard error is a little optimistic. Each seed's folds: "
+        "seed<k>/folds.md. {recipe}.",
+    ),
+}  # fmt: skip
+
+
 def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], kind: str) -> None:
     """``<kind>s.md``/``.json`` for repeats of the experiment (``kind``: seed or fold), or
     ``cv.md``/``.json`` (``cv``: each seed's cross-validation pooled into one result)."""
+    how = REPEAT_KINDS[kind]
     keys = list(results)
-    labels = [f"{'seed' if kind == 'cv' else kind} {k}" for k in keys]
-    name = "cv" if kind == "cv" else f"{kind}s"
+    labels = [f"{how.label} {k}" for k in keys]
     methods = list(next(iter(results.values())))
     finals = {m: [results[k][m].final for k in keys] for m in methods}
     pct = {  # method -> column -> one value per repeat, in percent / points (None: not measured on a chip)
@@ -303,21 +334,14 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
     recipe = results[keys[0]][methods[0]].config.snn_recipe
     if "cil-bptt" in methods:
         recipe += f"; {results[keys[0]]['cil-bptt'].config.substitution}"
-    if kind == "cv":
-        lines += ["", f"{len(labels)} seeds, each cross-validated on its own split (every sample validated once per "
-                  f"seed by models that never trained on it: {', '.join(map(str, n_val))} validations); pooled over "
-                  f"the seeds each sample counts once per seed, by different models, so the standard error is a "
-                  f"little optimistic. Each seed's folds: seed<k>/folds.md. {recipe}."]  # fmt: skip
-    elif kind == "fold":
-        lines += ["", f"{len(labels)} folds of one seed's stratified split ({', '.join(map(str, n_val))} samples): "
-                  f"each sample is validated once, by models that never trained on it. {recipe}."]  # fmt: skip
-    else:
-        lines += ["", f"{len(labels)} seeds; each seed draws its own validation split of {n_val[0]} samples, its own "
-                  f"initialisation and data order (the splits overlap, so the pooled standard error is optimistic). "
-                  f"One sample is {100 / max(n_val[0], 1):.1f} points. {recipe}."]  # fmt: skip
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (out / f"{name}.json").write_text(
-        json.dumps({("seeds" if kind == "cv" else name): keys, "percent": pct, "pooled": pooled, "chip_margins": margins, "paired": paired}, indent=2)
+    note = how.note.format(
+        n=len(keys), first=n_val[0], validations=", ".join(map(str, n_val)), one_sample=100 / max(n_val[0], 1),
+        recipe=recipe,
+    )
+    lines += ["", note]
+    (out / f"{how.name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{how.name}.json").write_text(
+        json.dumps({f"{how.label}s": keys, "percent": pct, "pooled": pooled, "chip_margins": margins, "paired": paired}, indent=2)
     )
 
 
