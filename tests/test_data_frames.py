@@ -37,6 +37,14 @@ def test_bins_are_half_open_like_the_readout():
     assert merged.shape == (3, 1, 34, 34) and merged.sum() == 4
 
 
+def test_a_polarity_past_1_is_refused_rather_than_counted_in_another_frame():
+    ro = Readout(t0_us=0, bin_us=50, num_bins=2)
+    bad = make_dvs_events(x=[5], y=[5], p=[2], t=[0])
+    with pytest.raises(InvalidArgument, match=r"events\.p: polarity must be 0 or 1, got 2"):
+        bin_batch([bad, make_dvs_events(x=[], y=[], p=[], t=[])], ro)
+    assert bin_events(bad, ro, channels=1).sum() == 1  # merged polarities: p plays no part
+
+
 def test_batch_binning_equals_per_sample_binning():
     rng = np.random.default_rng(1)
     samples = []

@@ -98,6 +98,9 @@ def test_full_layout_and_bad_files(tmp_path):
     assert list(NMNIST(tmp_path / "Train", split="train").labels) == [3, 3, 7, 7]
     with pytest.raises(InvalidArgument, match="no N-MNIST data"):
         NMNIST(tmp_path / "Train", split="test")
+    assert list(NMNIST(tmp_path, split="Train").labels) == [3, 3, 7, 7]  # split names in any case
+    with pytest.raises(InvalidArgument, match="split: must be one of train, test, got 'val'"):
+        NMNIST(tmp_path, split="val")
 
 
 def test_timestamp_overflow_markers_extend_time_like_the_authors_reader():

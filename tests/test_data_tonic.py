@@ -58,6 +58,8 @@ def test_missing_folder_is_refused_before_tonic_runs(tmp_path):
     (tmp_path / "NMNIST" / "Train").mkdir(parents=True)  # extracted folder, but empty
     with pytest.raises(InvalidArgument, match="never downloads"):
         TonicNMNIST(tmp_path)
+    with pytest.raises(InvalidArgument, match="split: must be one of train, test, got 'val'"):
+        TonicNMNIST(tmp_path, split="val")  # not the test split under another name
 
 
 @needs_tonic

@@ -102,3 +102,63 @@ def test_balanced_conversion_keeps_the_ann_grid_and_its_logit_scale():
         score = snn(frames, quantized=False).score  # one bin: the float SNN is the ANN, rounded to spikes
     aligned = score * bal.logit_per_unit  # the SNN's readout in the ANN's logit units
     assert np.corrcoef(logits.flatten().numpy(), aligned.flatten().numpy())[0, 1] > 0.85
+
+
+def test_quantized_forward_stays_exact_when_partial_sums_pass_float32s_whole_numbers():
+    """A threshold-1 hidden layer fires thousands of spikes per bin; the next layer's currents
+    then have partial sums past 2**24, where float32 drops low bits. Tuned so the exact current
+    (3242) is small while its terms are in the millions: the torch forward must still equal the
+    simulator's integer sync mode."""
+    from chiploop.architectures import Architecture, ConvStage  # noqa: PLC0415
+    from chiploop.events import make_dvs_events  # noqa: PLC0415
+    from chiploop.run import Readout  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    model = SpikingCNN(Architecture("sat", (2, 34, 34), (ConvStage(16, 1, pool=4), ConvStage(1, 8))))
+    w0 = rng.integers(60, 128, 16)
+    spikes = np.minimum(300 * w0, 32767)  # per pooled cell: 300 events times w0, threshold 1
+    w1 = rng.integers(-127, 128, (1, 16, 8, 8))
+    for _ in range(100_000):  # walk the weights until the 256 large terms nearly cancel
+        total = int((spikes[:, None, None] * w1[0, :, :4, :4]).sum())
+        if abs(total) < 5000:
+            break
+        k, py, px = rng.integers(0, 16), rng.integers(0, 4), rng.integers(0, 4)
+        w1[0, k, py, px] = np.clip(w1[0, k, py, px] - np.sign(total) * min(127, abs(total) // spikes[k]), -127, 127)
+    with torch.no_grad():
+        model.convs[0].weight.copy_(torch.tensor(np.broadcast_to(w0[:, None, None, None], (16, 2, 1, 1)).copy()))
+        model.convs[1].weight.copy_(torch.tensor(w1, dtype=torch.float32))
+        model.scale.fill_(1.0)
+        model.theta.copy_(torch.tensor([1.0, 1000.0], dtype=torch.float64))
+    ys, xs = np.divmod(np.repeat(np.arange(16), 300), 4)
+    events = make_dvs_events(xs * 4, ys * 4, [1] * xs.size, [0] * xs.size)
+    readout = Readout(t0_us=0, bin_us=1000, num_bins=1)
+    frames = torch.zeros(1, 1, 2, 34, 34)
+    np.add.at(frames.numpy()[0, 0, 1], (ys * 4, xs * 4), 1)
+    with torch.no_grad():
+        out = model(frames)
+    spec = export_spec(model, readout.bin_us)
+    packed, offsets = pack_samples([events])
+    result = run_batch(SimNetwork.from_spec(spec), packed, offsets, replace(readout, mode="sync", membrane_layers=(1,)))
+    assert float(out.spikes.sum()) >= 1  # the current is the small exact sum, well above zero
+    np.testing.assert_array_equal(result.counts[1], out.spikes.numpy())
+    np.testing.assert_array_equal(result.membranes[1][..., 0, 0], out.v_mem.numpy())
+
+
+def test_architecture_spec_passes_values_on_uncast_so_validation_refuses_what_the_chip_cannot_hold():
+    """A cast in ``Architecture.spec`` would wrap 200 to -56 and truncate 2.9 to 2, out of
+    validation's sight."""
+    from chiploop.errors import InvalidArgument  # noqa: PLC0415
+
+    shapes = [layer.weights.shape for layer in export_spec(SpikingCNN(), bin_us=1000).layers]
+    weights = [np.ones(shape, np.int16) for shape in shapes]
+    thresholds = [10] * len(shapes)
+    validate(NMNIST_PAPER.spec(weights, thresholds))
+    weights[0][0, 0, 0, 0] = 200
+    with pytest.raises(NetworkRejected, match=r"layers\[0\]: weight is 200, the chip allows -128..127"):
+        validate(NMNIST_PAPER.spec(weights, thresholds))
+    weights[0] = np.full(shapes[0], 2.9, np.float32)
+    with pytest.raises(InvalidArgument, match=r"layers\[0\]\.weights: must be an integer array"):
+        validate(NMNIST_PAPER.spec(weights, thresholds))
+    weights[0] = np.ones(shapes[0], np.int8)
+    with pytest.raises(InvalidArgument, match=r"layers\[3\]\.threshold_high: must be an integer, got 2.9"):
+        validate(NMNIST_PAPER.spec(weights, [10, 10, 10, 2.9, 10, 10]))

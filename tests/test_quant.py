@@ -69,3 +69,26 @@ def test_quantized_model_computes_in_integer_units():
     out = model(frames)
     assert torch.equal(out.spikes, torch.round(out.spikes)) and torch.equal(out.v_mem, torch.round(out.v_mem))
     assert out.v_mem.max() < out.threshold  # subtract reset: what is left is below threshold
+
+
+def test_non_finite_weights_thresholds_and_leaks_are_refused_by_layer_never_exported():
+    """A NaN cast to int8 is undefined (0 on the CPU) and inf clamps to 127: a diverged model
+    must not reach the chip looking valid, at export or in cil-bptt's per-step update."""
+    from chiploop.export import export_spec, updated_weights  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = SpikingCNN(scaled_architecture(NMNIST_PAPER, 0.25), neuron="leaky")
+    with torch.no_grad():
+        model.convs[2].weight[0, 0, 0, 0] = float("nan")
+    for export in (lambda: export_spec(model, bin_us=1000), lambda: updated_weights(model)):
+        with pytest.raises(InvalidArgument, match=r"layers\[2\]\.weights: contain NaN or inf"):
+            export()
+    model = SpikingCNN(scaled_architecture(NMNIST_PAPER, 0.25), neuron="leaky")
+    with torch.no_grad():
+        model.leaks[1][0] = float("inf")
+    with pytest.raises(InvalidArgument, match=r"layers\[1\]\.leak: contain NaN or inf"):
+        updated_weights(model)
+    model = SpikingCNN(scaled_architecture(NMNIST_PAPER, 0.25))
+    model.theta[4] = float("nan")
+    with pytest.raises(InvalidArgument, match=r"layers\[4\]\.threshold: .* not a finite number"):
+        export_spec(model, bin_us=1000)

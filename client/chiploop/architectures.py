@@ -58,13 +58,17 @@ class Architecture:
         leak_period_us: int = 0,
         monitor: tuple[int, ...] = (),
     ) -> NetworkSpec:
-        """The chip network of this architecture with the given int8 weights and thresholds."""
+        """The chip network of this architecture with the given int8 weights and thresholds.
+
+        Values are passed on as given, not cast: ``chiploop.limits.validate`` (which export,
+        deploy and the daemon run) refuses floats and out-of-range values by name, where a cast
+        here would wrap 200 to -56 and truncate 2.9 to 2 before anything could see them."""
         n = len(self.stages)
         leaks = leaks or [None] * n
         layers = [
             Layer(
-                weights=np.asarray(weights[i], np.int8),
-                threshold_high=int(thresholds[i]),
+                weights=np.asarray(weights[i]),
+                threshold_high=thresholds[i],
                 reset=reset,  # type: ignore[arg-type]
                 stride=(s.stride, s.stride),
                 padding=(s.padding, s.padding),

@@ -36,8 +36,9 @@ def integer_layers(model: SpikingCNN) -> list[IntegerLayer]:
         high, low = model.thresholds(i, quantized=True)
         leak = None
         if model.leaks is not None:
-            leak = quantize_leak(model.leaks[i] * model.theta[i].float(), model.scale[i])
-        layers.append(IntegerLayer(quantize_weights(conv.weight, model.scale[i]), int(high), int(low), leak))
+            leak = quantize_leak(model.leaks[i] * model.theta[i].float(), model.scale[i], f"layers[{i}].leak")
+        weights = quantize_weights(conv.weight, model.scale[i], f"layers[{i}].weights")
+        layers.append(IntegerLayer(weights, int(high), int(low), leak))
     return layers
 
 
@@ -76,11 +77,12 @@ def updated_weights(model: SpikingCNN, layers: Iterable[int] | None = None) -> d
     idx = range(model.num_layers) if layers is None else layers
     out: dict[int, np.ndarray | dict] = {}
     for i in idx:
-        w = quantize_weights(model.convs[i].weight, model.scale[i])
+        w = quantize_weights(model.convs[i].weight, model.scale[i], f"layers[{i}].weights")
         if model.leaks is None:
             out[i] = w
         else:
-            out[i] = {"weights": w, "leak": quantize_leak(model.leaks[i] * model.theta[i].float(), model.scale[i])}
+            leak = quantize_leak(model.leaks[i] * model.theta[i].float(), model.scale[i], f"layers[{i}].leak")
+            out[i] = {"weights": w, "leak": leak}
     return out
 
 

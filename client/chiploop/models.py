@@ -202,6 +202,31 @@ class _ConvStack(nn.Module):
             self.scale[i] = weight_scale(conv.weight, mode, percentile)  # type: ignore[arg-type]
 
 
+#: float32 holds every whole number up to 2**24 exactly.
+FLOAT32_EXACT = 2**24
+
+
+def integer_conv(x: torch.Tensor, units: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """The chip's integer currents: whole inputs times int8 weight units, summed exactly.
+
+    In float32 the sum is exact while no partial sum can pass 2**24; a layer whose bound
+    (largest input times a kernel's sum of |weights|) reaches it, such as a hidden layer with a
+    threshold of 1 firing thousands of spikes per bin, is summed in float64 instead (the chip
+    sums in integers; the result, cast back, is exact wherever the 16-bit state does not
+    saturate anyway). Rounding, straight-through, then removes what a GPU's FFT or Winograd
+    convolution adds in rounding errors, which would flip spikes at the threshold."""
+    if x.numel() == 0:
+        bound = 0.0
+    else:
+        low, high = torch.aminmax(x.detach())
+        bound = max(-float(low), float(high)) * float(units.detach().abs().sum(dim=(1, 2, 3)).amax())
+    if bound < FLOAT32_EXACT:
+        current = F.conv2d(x, units, stride=conv.stride, padding=conv.padding)
+    else:
+        current = F.conv2d(x.double(), units.double(), stride=conv.stride, padding=conv.padding).to(x.dtype)
+    return ste_round(current)
+
+
 class SpikingCNN(_ConvStack):
     """The paper's spiking CNN with the chip's neuron rules (see the module doc).
 
@@ -264,8 +289,8 @@ class SpikingCNN(_ConvStack):
         theta = float(self.theta[i])
         clamp = self.theta_low is not None and i < self.num_layers - 1  # the output layer never clamps
         if quantized:
-            high = quantize_threshold(theta, s)
-            low = quantize_threshold_low(self.theta_low * theta, s, high) if clamp else STATE_MIN
+            high = quantize_threshold(theta, s, f"layers[{i}].threshold")
+            low = quantize_threshold_low(self.theta_low * theta, s, high, f"layers[{i}].threshold_low") if clamp else STATE_MIN
             return float(high), float(low)
         return theta / s, max(self.theta_low * theta / s, float(STATE_MIN)) if clamp else float(STATE_MIN)
 
@@ -321,11 +346,10 @@ class SpikingCNN(_ConvStack):
         hidden: list[torch.Tensor] = []
         v_out = spikes = None
         for i, (conv, iaf, pool) in enumerate(zip(self.convs, self.spiking, self.pools, strict=True)):
-            current = F.conv2d(x, self.weight_units(i, quantized), stride=conv.stride, padding=conv.padding)
             if quantized:
-                # int8 weights times whole inputs are whole numbers, as on the chip; a GPU's FFT or
-                # Winograd convolution misses them by rounding errors that flip threshold spikes.
-                current = ste_round(current)
+                current = integer_conv(x, self.weight_units(i, quantized), conv)
+            else:
+                current = F.conv2d(x, self.weight_units(i, quantized), stride=conv.stride, padding=conv.padding)
             leak = self.leak_units(i, quantized)
             if leak is not None:
                 per_step = torch.tensor(

@@ -12,6 +12,7 @@ network the chip receives.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -56,30 +57,42 @@ def fake_quant(w: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     return fake_quant_units(w, scale) * scale
 
 
-def quantize_weights(w: torch.Tensor | np.ndarray, scale: float | torch.Tensor) -> np.ndarray:
+def _finite(t: torch.Tensor, field: str) -> torch.Tensor:
+    # A NaN cast to an integer is undefined (0 on one device, anything on another) and inf
+    # clamps to the grid's edge: a diverged model must never reach the chip looking valid.
+    if not bool(torch.isfinite(t).all()):
+        raise InvalidArgument(field, "contain NaN or inf (did training diverge?); nothing was quantized")
+    return t
+
+
+def quantize_weights(w: torch.Tensor | np.ndarray, scale: float | torch.Tensor, field: str = "weights") -> np.ndarray:
     """The int8 weights the chip receives: the very float32 computation fake_quant_units does,
     so an exported network equals the fake-quantized one bit for bit."""
     # Computed where the weights live (the training device), so it is the forward's own arithmetic.
-    t = torch.as_tensor(w).detach().to(torch.float32)
+    t = _finite(torch.as_tensor(w).detach().to(torch.float32), field)
     s = torch.as_tensor(scale, dtype=torch.float32, device=t.device)
     return fake_quant_units(t, s).to(torch.int8).cpu().numpy()
 
 
-def quantize_threshold(theta: float, scale: float) -> int:
+def quantize_threshold(theta: float, scale: float, field: str = "threshold") -> int:
     """int16 threshold_high: round(theta / s), at least 1."""
+    if not math.isfinite(float(theta) / scale):
+        raise InvalidArgument(field, f"is {theta} / scale {scale}: not a finite number")
     q = round(float(theta) / scale)
     return int(min(max(q, 1), STATE_MAX))
 
 
-def quantize_threshold_low(theta_low: float, scale: float, threshold_high: int) -> int:
+def quantize_threshold_low(theta_low: float, scale: float, threshold_high: int, field: str = "threshold_low") -> int:
     """int16 threshold_low: round(theta_low / s), below threshold_high."""
+    if not math.isfinite(float(theta_low) / scale):
+        raise InvalidArgument(field, f"is {theta_low} / scale {scale}: not a finite number")
     q = round(float(theta_low) / scale)
     return int(min(max(q, STATE_MIN), threshold_high - 1))
 
 
-def quantize_leak(leak: torch.Tensor | np.ndarray, scale: float | torch.Tensor) -> np.ndarray:
+def quantize_leak(leak: torch.Tensor | np.ndarray, scale: float | torch.Tensor, field: str = "leak") -> np.ndarray:
     """int16 per-channel leak (added once per tick): round(b / s), as fake_quant_leak_units does it."""
-    t = torch.as_tensor(leak).detach().to(torch.float32)
+    t = _finite(torch.as_tensor(leak).detach().to(torch.float32), field)
     s = torch.as_tensor(scale, dtype=torch.float32, device=t.device)
     return fake_quant_leak_units(t, s).to(torch.int16).cpu().numpy()
 

@@ -46,6 +46,9 @@ def bin_batch(
     if n == 0:
         return np.zeros((0, num_bins, channels, height, width), np.float32)
     ev = np.concatenate(samples) if n > 1 else samples[0]
+    if channels == 2 and ev.size and int(ev["p"].max()) > 1:
+        # A polarity of 2 would index the next bin's (or sample's) frame; the chip refuses it too.
+        raise InvalidArgument("events.p", f"polarity must be 0 or 1, got {int(ev['p'].max())}")
     sample = np.repeat(np.arange(n, dtype=np.int64), lengths)
     b, inside = _bin_index(ev["t"].astype(np.int64), readout.t0_us, readout.bin_us, num_bins)
     x, y = ev["x"].astype(np.int64), ev["y"].astype(np.int64)

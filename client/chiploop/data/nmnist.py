@@ -126,9 +126,17 @@ def _natural_key(path: Path) -> tuple[int, str]:
 SPLIT_NAMES = ("train", "test")
 
 
+def check_split(split: str) -> str:
+    """``split`` as a known split name, in lower case (``Train`` is ``train``)."""
+    if not isinstance(split, str) or split.lower() not in SPLIT_NAMES:
+        raise InvalidArgument("split", f"must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
+    return split.lower()
+
+
 def split_folder(root: Path, split: str) -> Path:
     """The folder that holds one split's files, whatever the layout: ``root`` itself (a split
     folder, unless it is named after the other split), else ``root/<split>`` in any case."""
+    split = check_split(split)
     candidates = [root / split, root / split.lower(), root / split.capitalize()]
     if root.name.lower() not in SPLIT_NAMES or root.name.lower() == split.lower():
         candidates.insert(0, root)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chiploop.data.nmnist import CachedEvents
+from chiploop.data.nmnist import CachedEvents, check_split
 from chiploop.errors import BackendUnavailable, InvalidArgument
 from chiploop.events import DVS_EVENT_DTYPE
 
@@ -62,7 +62,8 @@ class TonicNMNIST(CachedEvents):
 
         super().__init__()
         self.root = Path(root)
-        folder = self.root / "NMNIST" / ("Train" if split == "train" else "Test")
+        split = check_split(split)
+        folder = self.root / "NMNIST" / split.capitalize()
         if not folder.is_dir():
             raise InvalidArgument(
                 "data", f"{folder} does not exist; chiploop never downloads, extract N-MNIST there first"
