@@ -68,7 +68,7 @@ class Architecture:
         layers = [
             Layer(
                 weights=np.asarray(weights[i]),
-                threshold_high=thresholds[i],
+                threshold_high=int(thresholds[i]) if isinstance(thresholds[i], (int, np.integer)) else thresholds[i],
                 reset=reset,  # type: ignore[arg-type]
                 stride=(s.stride, s.stride),
                 padding=(s.padding, s.padding),
