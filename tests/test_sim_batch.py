@@ -184,6 +184,11 @@ def test_unsorted_across_samples_is_fine(net):
         ({"readout": Readout(membrane_layers=(6,))}, "readout.membrane_layers"),
         ({"readout": "1ms"}, "readout"),
         ({"workers": 0}, "workers"),
+        # Python callers bypass the wire codec's int conversion: a fraction is refused, not divided by.
+        ({"readout": Readout(bin_us=0.5)}, "readout.bin_us"),  # type: ignore[arg-type]
+        ({"readout": Readout(num_bins=1.5)}, "readout.num_bins"),  # type: ignore[arg-type]
+        ({"readout": Readout(t0_us=0.5)}, "readout.t0_us"),  # type: ignore[arg-type]
+        ({"workers": 1.5}, "workers"),
     ],
 )
 def test_bad_readout_and_workers_are_refused(net, kwargs, field):
@@ -213,6 +218,20 @@ def test_a_leak_period_too_short_for_the_window_is_refused():
         run_batch(net, np.zeros(0, DVS_EVENT_DTYPE), np.zeros(2, np.int64), Readout(bin_us=10_000_000, num_bins=10))
 
 
+def test_leak_tick_work_counts_each_tick_and_every_sample():
+    """A tick costs about 1,300 neuron updates beyond its layer's neurons, and every empty sample
+    ticks as well: a 1-neuron layer ticking each microsecond, or a thousand empty samples, would
+    hold the device thread for minutes."""
+    layer = Layer(weights=np.ones((1, 1, 1, 1), np.int8), threshold_high=100, leak=np.zeros(1, np.int16), leak_period_us=1)
+    net = SimNetwork.from_spec(NetworkSpec(layers=(layer,), input=InputLayer(sensor_size=(1, 1), merge_polarities=True)))
+    empty = np.zeros(0, DVS_EVENT_DTYPE)
+    with pytest.raises(ResourceExhausted, match=r"layers\[0\].leak_period_us: 1 us over 9999999 us needs"):
+        run_batch(net, empty, np.zeros(2, np.int64), Readout(bin_us=10_000_000))
+    with pytest.raises(ResourceExhausted, match="us each, over 1000 samples"):
+        run_batch(net, empty, np.zeros(1001, np.int64), Readout(bin_us=10_000))
+    assert run_batch(net, empty, np.zeros(11, np.int64), Readout(bin_us=10_000)).counters.shape == (10, 5)
+
+
 def test_from_spec_validates():
     layer = Layer(weights=np.ones((1, 1, 20, 20), np.int8), threshold_high=1)
     with pytest.raises(NetworkRejected) as err:
@@ -220,6 +239,40 @@ def test_from_spec_validates():
     assert err.value.field == "layers[0]"
     with pytest.raises(InvalidArgument):
         SimNetwork.from_spec("not a spec")  # type: ignore[arg-type]
+
+
+def test_a_layer_fed_a_source_pooled_to_nothing_is_refused():
+    """Layer 0's 1-row output pools to 0 rows; layer 1's padding still gives it an output, so
+    without the check every spike of layer 0 would vanish on its way."""
+    source = Layer(np.full((1, 1, 1, 1), 5, np.int8), threshold_high=1, pool=(2, 1), destinations=(1,))
+    target = Layer(np.full((1, 1, 1, 1), 5, np.int8), threshold_high=1, padding=(1, 0))
+    spec = NetworkSpec(layers=(source, target), input=InputLayer(sensor_size=(1, 4), merge_polarities=True))
+    with pytest.raises(NetworkRejected, match=r"layers\[1\]: input height is 0, the chip allows 1..128"):
+        SimNetwork.from_spec(spec)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"leak": np.ones(1, np.int16), "leak_period_us": 0.5}, "layers[0].leak_period_us"),
+        ({"leak": np.ones(1, np.int16), "leak_period_us": 2**64}, "layers[0].leak_period_us"),
+        ({"weights": [[[[1]]]]}, "layers[0].weights"),
+    ],
+)
+def test_layer_fields_of_the_wrong_type_are_refused_by_name(change, field):
+    layer = Layer(**{"weights": np.ones((1, 1, 1, 1), np.int8), "threshold_high": 10, **change})
+    with pytest.raises(InvalidArgument) as err:
+        SimNetwork.from_spec(NetworkSpec(layers=(layer,), input=InputLayer(sensor_size=(4, 4), merge_polarities=True)))
+    assert err.value.field == field
+
+
+def test_network_fields_of_the_wrong_type_are_refused_by_name():
+    layer = Layer(np.ones((1, 1, 1, 1), np.int8), threshold_high=10)
+    sensor = InputLayer(sensor_size=(4, 4), merge_polarities=True)
+    with pytest.raises(InvalidArgument, match=r"hop_latency_us: must be an integer, got 0.5"):
+        SimNetwork.from_spec(NetworkSpec(layers=(layer,), input=sensor, hop_latency_us=0.5))  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match=r"input.crop: must be \(y0, y1, x0, x1\)"):
+        SimNetwork.from_spec(NetworkSpec(layers=(layer,), input=InputLayer(sensor_size=(4, 4), crop=(0, 1, 2))))  # type: ignore[arg-type]
 
 
 def test_warm_up_compiles_every_kernel():

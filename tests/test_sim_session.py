@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from chiploop.errors import InvalidArgument
+from chiploop.errors import InvalidArgument, ResourceExhausted
 from chiploop.events import make_dvs_events
 from chiploop.run import Readout
 from chiploop.spec import InputLayer, Layer, NetworkSpec
@@ -87,3 +87,15 @@ def test_a_session_refuses_time_going_back_sync_mode_and_bad_layers():
     with pytest.raises(InvalidArgument) as err:
         SimSession(net, Readout(mode="sync"))
     assert err.value.field == "readout.mode"
+
+
+def test_a_refused_chunk_leaves_the_session_as_it_was():
+    layer = Layer(np.ones((1, 1, 1, 1), np.int8), threshold_high=100, leak=np.zeros(1, np.int16), leak_period_us=1)
+    net = SimNetwork.from_spec(NetworkSpec(layers=(layer,), input=InputLayer(sensor_size=(4, 4), merge_polarities=True)))
+    session = SimSession(net, Readout(bin_us=10))
+    session.feed(make_dvs_events([0], [0], [1], [5]))
+    before = session.counters().copy()
+    with pytest.raises(ResourceExhausted, match="leak_period_us"):  # ten million 1-us ticks
+        session.feed(make_dvs_events([1, 2], [0, 0], [1, 1], [10, 10_000_000]))
+    np.testing.assert_array_equal(session.counters(), before)
+    assert session.last_time_us == 5

@@ -8,6 +8,8 @@ whether the simulator runs in-process or behind a daemon.
 
 from __future__ import annotations
 
+import numbers
+
 
 class ChiploopError(Exception):
     """Base class of every error chiploop raises on purpose."""
@@ -89,3 +91,14 @@ ERROR_CLASSES: dict[str, type[ChiploopError]] = {
         Unauthenticated,
     )
 }
+
+
+def check_int(value: object, field: str, lo: int, hi: int) -> int:
+    """``value`` as an int if it is an integer (not a bool, not a float) in lo..hi; else
+    InvalidArgument naming ``field``. Python callers of the simulator bypass the wire codec,
+    which would have made it an int: 0.5 us must be refused, not divided by."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgument(field, f"must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise InvalidArgument(field, f"must be {lo}..{hi}, got {value}")
+    return int(value)

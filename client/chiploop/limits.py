@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from chiploop.errors import InvalidArgument, NetworkRejected
+from chiploop.errors import InvalidArgument, NetworkRejected, check_int
+from chiploop.events import MAX_TIME_US
 from chiploop.spec import Layer, NetworkSpec
 
 
@@ -85,7 +86,9 @@ def _check_int_array(values: object, where: str, name: str, lo: int, hi: int, li
 def check_layer_fields(index: int, layer: Layer, limits: ChipLimits = SPECK) -> None:
     """Everything about one layer that does not depend on its neighbours."""
     where = f"layers[{index}]"
-    if np.asarray(layer.weights).ndim != 4:
+    if not isinstance(layer.weights, np.ndarray):
+        raise InvalidArgument(f"{where}.weights", f"must be a numpy integer array, got {type(layer.weights).__name__}")
+    if layer.weights.ndim != 4:
         raise InvalidArgument(
             f"{where}.weights", f"must be 4-D [f, c, ky, kx], got shape {np.shape(layer.weights)}"
         )
@@ -130,8 +133,7 @@ def check_layer_fields(index: int, layer: Layer, limits: ChipLimits = SPECK) -> 
             raise InvalidArgument(
                 f"{where}.leak", f"must have shape ({layer.out_channels},), got {leak.shape}"
             )
-        if layer.leak_period_us <= 0:
-            raise InvalidArgument(f"{where}.leak_period_us", "must be > 0 when a leak is set")
+        check_int(layer.leak_period_us, f"{where}.leak_period_us", 1, MAX_TIME_US)  # a leak ticks
 
 
 #: The fields of a deployed layer an incremental update may replace (no shape changes).
@@ -211,6 +213,8 @@ def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:
         if p not in limits.pools:
             raise NetworkRejected("input", f"pooling ({axis})", p, "/".join(map(str, limits.pools)))
     if inp.crop is not None:
+        if len(inp.crop) != 4:
+            raise InvalidArgument("input.crop", f"must be (y0, y1, x0, x1), got {inp.crop}")
         y0, y1, x0, x1 = inp.crop
         h, w = inp.pooled_size
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
@@ -227,13 +231,14 @@ def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:
             ("output height", oh, limits.max_output_size),
             ("output width", ow, limits.max_output_size),
         ):
-            if size > top:
-                raise NetworkRejected(i, name, size, f"at most {top}")
+            # Zero: a source pooled to nothing, or a kernel larger than its padded input; every
+            # spike routed there would vanish.
+            if not 1 <= size <= top:
+                raise NetworkRejected(i, name, size, f"1..{top}")
     for m in spec.monitor:
         if not 0 <= m < len(spec.layers):
             raise InvalidArgument("monitor", f"no layer {m}")
-    if not 0 <= spec.hop_latency_us <= MAX_HOP_LATENCY_US:
-        raise InvalidArgument("hop_latency_us", f"must be 0..{MAX_HOP_LATENCY_US}, got {spec.hop_latency_us}")
+    check_int(spec.hop_latency_us, "hop_latency_us", 0, MAX_HOP_LATENCY_US)
     return place(spec, [out for _, out in shapes], limits)
 
 

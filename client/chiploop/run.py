@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from chiploop.errors import InvalidArgument
+from chiploop.errors import InvalidArgument, check_int
 from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, MAX_TIME_US
 
 if TYPE_CHECKING:
@@ -48,12 +48,9 @@ class Readout:
         object.__setattr__(self, "membrane_layers", tuple(int(m) for m in self.membrane_layers))
 
     def check(self, n_layers: int) -> None:
-        if self.bin_us <= 0:
-            raise InvalidArgument("readout.bin_us", f"must be > 0, got {self.bin_us}")
-        if not 1 <= self.num_bins <= MAX_BINS:
-            raise InvalidArgument("readout.num_bins", f"must be 1..{MAX_BINS}, got {self.num_bins}")
-        if self.t0_us < 0:
-            raise InvalidArgument("readout.t0_us", f"must be >= 0, got {self.t0_us}")
+        check_int(self.bin_us, "readout.bin_us", 1, MAX_TIME_US)
+        check_int(self.num_bins, "readout.num_bins", 1, MAX_BINS)
+        check_int(self.t0_us, "readout.t0_us", 0, MAX_TIME_US)
         if self.t_end_us > MAX_TIME_US:
             raise InvalidArgument("readout", f"the bins end at {self.t_end_us} us, past the latest time {MAX_TIME_US}")
         if self.mode not in RUN_MODES:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from chiploop.errors import InvalidArgument, ResourceExhausted
+from chiploop.errors import InvalidArgument, ResourceExhausted, check_int
 from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events
 from chiploop.run import COUNTER_NAMES, Readout, RunResult
 
@@ -21,23 +22,30 @@ INPUT_EVENTS, DROPPED_EVENTS, SYNOPS, OUTPUT_EVENTS = range(N_COUNTERS)
 #: Spikes one sample (or one stream chunk) may cause before the run is refused: an
 #: over-excited network's cascades grow without useful bound and would eat the host.
 MAX_SPIKES_PER_SAMPLE = 10_000_000
-#: Leak-tick neuron updates one sample may need (ticks x neurons), checked before running.
-MAX_TICK_UPDATES = 2_000_000_000
+#: Leak-tick work one call may need, in neuron updates (about 0.25 ns each here), checked
+#: before running: about 2.5 s of the device thread, which nothing can interrupt once it runs.
+MAX_TICK_WORK = 10_000_000_000
+#: A tick costs this many neuron updates on top of its layer's neurons (about 320 ns a tick,
+#: measured): a 1-neuron layer ticking every microsecond is not cheap.
+TICK_OVERHEAD = 1300
 #: Counts and snapshots of one batch (bytes), checked before allocating them.
 MAX_RESULT_BYTES = 1 << 30
 
 
-def check_tick_work(net: SimNetwork, t_from: int, t_until: int) -> None:
-    """Refuse a time span whose leak ticks alone would take minutes (e.g. a 1 us period over hours)."""
+def check_tick_work(net: SimNetwork, t_from: int, t_until: int, samples: int = 1) -> None:
+    """Refuse a time span whose leak ticks alone, over ``samples`` samples, would hold the device
+    for more than seconds (e.g. a 1 us period over hours, or many empty samples of a long one)."""
     work = 0
     for layer, period in enumerate(net.meta[:, LEAK_PERIOD]):
         if net.meta[layer, HAS_LEAK]:
             ticks = max(0, t_until // int(period) - t_from // int(period))
-            work += ticks * int(np.prod(net.out_shape(layer)))
-            if work > MAX_TICK_UPDATES:
+            work += samples * ticks * (int(np.prod(net.out_shape(layer))) + TICK_OVERHEAD)
+            if work > MAX_TICK_WORK:
+                per = f" each, over {samples} samples" if samples > 1 else ""
                 raise ResourceExhausted(
-                    f"layers[{layer}].leak_period_us: {period} us over {t_until - t_from} us needs more than "
-                    f"{MAX_TICK_UPDATES} leak updates; use a longer period or a shorter window"
+                    f"layers[{layer}].leak_period_us: {period} us over {t_until - t_from} us{per} needs more "
+                    f"leak-tick work than {MAX_TICK_WORK} neuron updates (seconds of the chip's time); use a "
+                    "longer period, a shorter window or fewer samples"
                 )
 
 
@@ -117,13 +125,12 @@ def run_batch(
     if not isinstance(net, SimNetwork):
         raise InvalidArgument("net", f"must be a SimNetwork, got {type(net).__name__}")
     check_readout(net, readout)
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise InvalidArgument("workers", f"must be an integer >= 1, got {workers!r}")
+    check_int(workers, "workers", 1, 1 << 16)
     check_dvs_events(events, net.spec.input.sensor_size, field="events", offsets=offsets)
     n = offsets.size - 1
     n_layers = net.num_layers
     if readout.mode != "sync":
-        check_tick_work(net, 0, max(readout.t_end_us - 1, int(events["t"].max()) if events.size else 0))
+        check_tick_work(net, 0, max(readout.t_end_us - 1, int(events["t"].max()) if events.size else 0), offsets.size - 1)
 
     c, y, x, kept = map_input(net.spec.input, events)
     sample_of = np.repeat(np.arange(n), np.diff(offsets))
@@ -146,6 +153,8 @@ def run_batch(
     hop = int(net.spec.hop_latency_us)
     t0, bin_us, num_bins = int(readout.t0_us), int(readout.bin_us), int(readout.num_bins)
 
+    output_bytes, output_lock = [0], threading.Lock()
+
     def one(i: int) -> None:
         a, b = kept_offsets[i], kept_offsets[i + 1]
         state = np.zeros(net.num_states, np.int16)
@@ -164,6 +173,13 @@ def run_batch(
             )
         if spikes > max_spikes:
             raise runaway(max_spikes, f"sample {i}")
+        with output_lock:  # max_spikes bounds one sample; this bounds the whole batch's output events
+            output_bytes[0] += n_out * CHIP_EVENT_DTYPE.itemsize
+            if output_bytes[0] > MAX_RESULT_BYTES:
+                raise ResourceExhausted(
+                    f"the output events of the first samples of {n} already take more than "
+                    f"{MAX_RESULT_BYTES / 2**30:.0f} GiB; send fewer samples per call"
+                )
         counters[i, SYNOPS] = synops
         counters[i, OUTPUT_EVENTS] = n_out
         outputs[i] = chip_events(net, keys[:n_out], times[:n_out])

@@ -74,11 +74,13 @@ class SimSession:
                 "events[0].t", f"must be >= the last time fed ({self._last_t}), got {int(events['t'][0])}"
             )
         c, y, x, kept = map_input(self.net.spec.input, events)
-        self._counters[INPUT_EVENTS] += events.size
-        self._counters[DROPPED_EVENTS] += int((~kept).sum())
         t = np.ascontiguousarray(events["t"][kept])
         until = int(events["t"][-1]) if events.size else self._last_t
-        return self._run(c[kept], y[kept], x[kept], t, until)
+        out = self._run(c[kept], y[kept], x[kept], t, until)
+        # Counted once the chunk ran: a refused chunk leaves the session as it was.
+        self._counters[INPUT_EVENTS] += events.size
+        self._counters[DROPPED_EVENTS] += int((~kept).sum())
+        return out
 
     def advance(self, t_us: int) -> np.ndarray:
         """Let time pass to t_us with no events: leak ticks up to it run; return the chip events caused."""
