@@ -138,7 +138,9 @@ def test_unsorted_events_within_one_sample_of_a_batch_are_refused_naming_the_sam
         (lambda r: wire.encode_array(np.array([0, 1, 5], np.int64), r.offsets), "offsets[2]: must equal the number of events 2"),
         (lambda r: wire.encode_array(np.array([1, 2], np.int64), r.offsets), "offsets[0]: must be 0"),
         (lambda r: setattr(r.readout, "num_bins", 0), "readout.num_bins: must be 1.."),
-        (lambda r: setattr(r.readout, "bin_us", 2**62), "readout: the bins end at 4611686018427387904 us, past"),
+        (lambda r: setattr(r.readout, "bin_us", 2**62), "readout.bin_us: must be 1..1152921504606846976, got 4611686018427387904"),
+        (lambda r: (setattr(r.readout, "bin_us", 2**59), setattr(r.readout, "num_bins", 4)),
+         "readout: the bins end at 2305843009213693952 us, past"),
         (lambda r: r.readout.membrane_layers.append(7), "readout.membrane_layers: no layer 7"),
     ],
 )
