@@ -358,6 +358,17 @@ def test_a_full_store_evicts_the_oldest_ended_session_or_refuses():
         store.get(b.session_id, "u")
 
 
+def test_ending_a_stream_counts_as_using_its_session():
+    store = SessionStore(max_sessions=2, ttl_s=100, clock=Clock())
+    a, b = _add(store), _add(store)
+    store.end_stream(b.session_id)  # b ended long ago
+    store.end_stream(a.session_id)  # a opened first but streamed until now
+    _add(store)
+    assert store.get(a.session_id, "u")
+    with pytest.raises(NotFound):
+        store.get(b.session_id, "u")
+
+
 def test_a_session_is_invisible_to_other_users():
     store = SessionStore(clock=Clock())
     entry = _add(store, user="alice")

@@ -36,6 +36,23 @@ def test_the_cli_refuses_a_missing_gpu_before_training(tmp_path, capsys):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("entry", ["train", "experiment", "cross-validation"])
+def test_an_unusable_device_is_refused_before_any_chip_is_opened(entry, tmp_path):
+    """The data folder is missing as well: a run that started its local daemon (no --chip)
+    before it looked at the device would stop at the data instead, a daemon start later."""
+    from chiploop.training.experiment import run_cv, run_experiment  # noqa: PLC0415
+
+    cfg = TrainConfig(device="tpu", data=str(tmp_path / "missing"), out=str(tmp_path))
+    run = {
+        "train": lambda: train(cfg),
+        "experiment": lambda: run_experiment(cfg, ["bptt"]),
+        "cross-validation": lambda: run_cv(cfg, ["bptt"], [0]),
+    }[entry]
+    with pytest.raises(InvalidArgument) as err:
+        run()
+    assert err.value.field == "device"
+
+
 @pytest.mark.gpu
 @needs_cuda
 @needs_data

@@ -4,8 +4,9 @@ Arrays travel packed (``Array``: raw little-endian bytes, a dtype string, a shap
 A plain dtype is numpy's string (``"<i2"``); a structured one is a JSON list of
 ``[name, dtype]`` pairs, packed (no padding). Decoding checks the dtype parses to a
 numeric (or structured numeric) dtype and that ``len(data) == prod(shape) * itemsize``,
-and refuses anything else with ``InvalidArgument`` naming the field; it is zero-copy
-over the message's bytes (``np.frombuffer``), so decoded arrays are READ-ONLY views.
+and refuses anything else with ``InvalidArgument`` naming the field; it copies the
+bytes once, out of the message, and ``np.frombuffer`` views that copy, so decoded
+arrays are READ-ONLY.
 
 Field names in errors follow the request's structure without the message name,
 e.g. ``layers[2].weights`` or ``readout.num_bins``, the same names
@@ -140,7 +141,7 @@ def decode_array(
     dtype: np.dtype | None = None,
     ndim: int | None = None,
 ) -> np.ndarray:
-    """Unpack an ``Array`` message (read-only, zero-copy over its bytes).
+    """Unpack an ``Array`` message (read-only; one copy of its bytes).
 
     dtype: when given, the array's dtype must equal it exactly ("wrong dtype" is an
     error, never a silent cast). ndim: when given, the number of dimensions it must have.

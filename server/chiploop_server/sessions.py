@@ -102,6 +102,7 @@ class SessionStore:
             if entry is not None:
                 entry.streaming = False
                 entry.last_used = self._clock()
+                self._entries.move_to_end(session_id)  # eviction takes the least recently used first
 
     def _expire(self) -> None:
         now = self._clock()

@@ -28,7 +28,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tonic", action="store_true", help="read --data through tonic.datasets.NMNIST (never downloads)")
     p.add_argument("--chip", action="append", default=[], metavar="ADDRESS",
                    help="daemon address (repeat to split each batch across daemons); 'inprocess': the simulator in this "
-                        "process; none: start a local daemon with the simulator")
+                        "process; without --chip: start a local daemon with the simulator")
     p.add_argument("--chip-workers", type=int, default=_DEFAULTS.chip_workers, help="workers of the local daemon")
     p.add_argument("--threads", type=int, default=_DEFAULTS.torch_threads, help="torch threads")
     p.add_argument("--device", default=_DEFAULTS.device,

@@ -23,6 +23,7 @@ from chiploop.data.split import check_fold, num_folds
 from chiploop.errors import InvalidArgument
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
+from chiploop.training.device import resolve_device
 from chiploop.training.evaluate import EvalResult, paired_margin, pool_results
 from chiploop.training.trainer import TrainResult, train
 
@@ -140,11 +141,19 @@ def run_experiment(
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if chip is None:
-            chip = stack.enter_context(open_chip(base.chip, base.chip_workers))
+            chip = stack.enter_context(_open_chip_for(base))
         for m in methods:
             results[m] = train(configs[m], chip=chip, stop=stop)
             write_table(out, results, _note(base, budget_min, time.perf_counter() - started))
     return results
+
+
+def _open_chip_for(cfg: TrainConfig) -> contextlib.AbstractContextManager[Chip]:
+    """The chip the runs of ``cfg`` share, once their settings and device have passed: a bad
+    setting refused after a daemon started would cost its start for nothing."""
+    cfg.check()
+    resolve_device(cfg.device)
+    return open_chip(cfg.chip, cfg.chip_workers)
 
 
 def _note(cfg: TrainConfig, budget_min: float, seconds: float) -> str:
@@ -214,7 +223,7 @@ def run_cv(
     out = Path(base.out)
     by_seed: dict[int, dict[int, dict[str, TrainResult]]] = {}
     pooled: dict[int, dict[str, TrainResult]] = {}
-    with open_chip(base.chip, base.chip_workers) as chip:  # one daemon for every seed and fold
+    with _open_chip_for(base) as chip:  # one daemon for every seed and fold
         for seed in seeds:
             cfg = replace(base, seed=seed, out=str(out / f"seed{seed}"))
             by_seed[seed] = run_folds(cfg, methods, folds, budget_min, stop, chip)
@@ -237,7 +246,7 @@ def _run_repeats(
     results: dict[int, dict[str, TrainResult]] = {}
     with contextlib.ExitStack() as stack:
         if chip is None:  # one daemon for every repeat
-            chip = stack.enter_context(open_chip(first.chip, first.chip_workers))
+            chip = stack.enter_context(_open_chip_for(first))
         for key, cfg in variants.items():
             results[key] = run_experiment(cfg, methods, budget_min, chip=chip, stop=stop)
             write_repeat_table(out, results, kind)

@@ -33,6 +33,7 @@ from chiploop.run import Readout
 from chiploop.spec import NetworkSpec
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig, method_family
+from chiploop.training.device import resolve_device
 from chiploop.training.evaluate import EvalResult, evaluate
 from chiploop.training.methods import Method, StepResult, make_method
 
@@ -228,7 +229,8 @@ def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | No
     Once ``stop`` is set (a signal handler, another thread) the run stops after the batch in
     progress, writes a checkpoint there and raises ``RunStopped``."""
     cfg.check()
-    initial_model = _initial_model(cfg)  # before the chip: a bad checkpoint costs no daemon start
+    resolve_device(cfg.device)  # before the chip: a device torch cannot use costs no daemon start
+    initial_model = _initial_model(cfg)  # so does a bad checkpoint
     needs_chip = cfg.method.startswith("cil-") or cfg.chip_eval
     with contextlib.ExitStack() as stack:
         if chip is None and needs_chip:
