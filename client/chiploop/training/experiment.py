@@ -271,7 +271,7 @@ class _RepeatKind:
 
     label: str  # a repeat's label: "<label> <key>"; the json lists the keys as "<label>s"
     name: str  # the files: <name>.md / <name>.json
-    note: str  # the table's closing note; {n}: repeats, {validations}: samples per repeat, {one_sample}, {recipe}
+    note: str  # closing note; {n}: repeats, {validations}: their samples, {first}: the first one's, {one_sample}, {recipe}
 
 
 REPEAT_KINDS = {
