@@ -136,9 +136,9 @@ def check_split(split: str) -> str:
 def split_folder(root: Path, split: str) -> Path:
     """The folder that holds one split's files, whatever the layout: ``root`` itself (a split
     folder, unless it is named after the other split), else ``root/<split>`` in any case."""
-    split = check_split(split)
-    candidates = [root / split, root / split.lower(), root / split.capitalize()]
-    if root.name.lower() not in SPLIT_NAMES or root.name.lower() == split.lower():
+    split = check_split(split)  # lower case from here on
+    candidates = [root / split, root / split.capitalize()]
+    if root.name.lower() not in SPLIT_NAMES or root.name.lower() == split:
         candidates.insert(0, root)
     for c in candidates:
         if (c / "labels.csv").is_file() or any((c / str(d)).is_dir() for d in range(NUM_CLASSES)):
