@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from chiploop import wire
 from chiploop.client import ChipClient
-from chiploop.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from chiploop.errors import Cancelled, DeadlineExceeded, InvalidArgument, ResourceExhausted
 from chiploop.events import DVS_EVENT_DTYPE, make_dvs_events
 from chiploop.run import Readout, pack_samples
 from chiploop.spec import InputLayer, Layer, NetworkSpec
@@ -25,6 +25,7 @@ from chiploop.v1 import chiploop_pb2_grpc as pb_grpc
 from chiploop_server import config as daemon_config
 from chiploop_server.config import DaemonConfig
 from chiploop_server.daemon import Daemon
+from chiploop_server.jobs import Job
 from conftest import small_spec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -333,16 +334,21 @@ def test_config_precedence_is_flags_over_env_over_file(tmp_path):
         ({}, {}, "workers = 'many'\n", "workers: must be int"),
         ({}, {}, "workers = [\n", "not valid TOML"),
         ({}, {"CHIPLOOP_WORKERS": "two"}, "", "CHIPLOOP_WORKERS: must be int, got 'two'"),
+        ({}, {}, b"workers = 2\n# \xff\xfe\n", "not valid TOML: 'utf-8' codec"),
         ({"address": "nowhere"}, {}, "", "address: must be HOST:PORT"),
         ({"workers": 0}, {}, "", "workers: must be >= 1"),
+        ({"workers": 70000}, {}, "", "workers: must be 1..65536"),
         ({"parent_pid": 0}, {}, "", "parent_pid: must be a process id"),
-        ({"grace_s": float("inf")}, {}, "", "grace_s: must be >= 0 and finite"),
-        ({}, {"CHIPLOOP_SESSION_TTL_S": "nan"}, "", "session_ttl_s: must be >= 0 and finite"),
+        ({"grace_s": float("inf")}, {}, "", "grace_s: must be 0..604800 seconds"),
+        ({"grace_s": 1e300}, {}, "", "grace_s: must be 0..604800 seconds"),
+        ({}, {"CHIPLOOP_SESSION_TTL_S": "nan"}, "", "session_ttl_s: must be 0..604800 seconds"),
+        ({"log_level": "basic_format"}, {}, "", "log_level: must be one of DEBUG, INFO"),
+        ({}, {"CHIPLOOP_LOG_LEVEL": "bogus"}, "", "log_level: must be one of"),
     ],
 )
 def test_bad_settings_are_refused_naming_where_they_came_from(tmp_path, flags, env, text, match):
     path = tmp_path / "c.toml"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(InvalidArgument, match=match):
         daemon_config.load({**flags, "config": str(path)}, env=env)
 
@@ -407,6 +413,28 @@ def test_a_local_daemon_stops_when_its_trainer_is_killed():
         time.sleep(0.1)
 
 
+def test_a_local_daemon_whose_start_is_interrupted_is_stopped():
+    """Ctrl-C in a notebook while the daemon starts: __exit__ never runs, and the daemon, in a
+    session of its own, never sees the Ctrl-C."""
+    import signal
+
+    from chiploop_server.local import LocalDaemon
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    local = LocalDaemon(extra_args=["--no-warm-up"])
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            local.start()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert local.process is not None and local.process.poll() is not None, "the daemon outlived the interrupt"
+
+
 def test_a_local_daemon_has_its_own_process_group(daemon):
     """A Ctrl-C in the trainer's terminal reaches the trainer, which checkpoints at the next batch
     and needs its daemon until then."""
@@ -449,3 +477,150 @@ def test_the_demo_runs_against_a_daemon(daemon, capsys):
     out = capsys.readouterr().out
     assert "outputs changed with the weights in 2 of 2 samples" in out
     assert "stream counts equal run 1's for sample 0: True" in out
+
+
+# ------------------------------------------------------------------ calls that end, stops, a busy device
+
+
+class EndingContext:
+    """gRPC's side of a call, as the servicer sees it: ``end()`` is the call ending (the caller
+    cancelled, its deadline passed, the server stopped), which runs the callbacks gRPC was given."""
+
+    def __init__(self, ended: bool = False) -> None:
+        self.ended = ended
+        self.callbacks: list = []
+
+    def add_callback(self, callback) -> bool:
+        if self.ended:
+            return False  # gRPC's answer for a call already over
+        self.callbacks.append(callback)
+        return True
+
+    def time_remaining(self):
+        return None
+
+    def end(self) -> None:
+        self.ended = True
+        for callback in self.callbacks:
+            callback()
+
+
+def hold_device(daemon: Daemon) -> threading.Event:
+    """Keep the device's worker inside a job until the returned event is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def payload(device):
+        started.set()
+        release.wait(60)
+
+    daemon.scheduler.submit(Job("run", "holder", payload))
+    assert started.wait(10)
+    return release
+
+
+@pytest.fixture
+def idle_daemon():
+    """A daemon that is built but does not serve: its servicer, scheduler and device are used directly."""
+    d = Daemon(DaemonConfig(address="127.0.0.1:0", warm_up=False))
+    yield d
+    d.stop(grace=0)
+
+
+def test_a_call_that_ended_before_its_job_was_queued_queues_nothing(idle_daemon):
+    ran = []
+    with pytest.raises(Cancelled, match="the call ended before the run was queued"):
+        idle_daemon.servicer._do(EndingContext(ended=True), "run", "u", lambda device: ran.append(1))
+    time.sleep(0.3)
+    assert ran == [] and idle_daemon.scheduler.depth() == 0
+
+
+@pytest.mark.parametrize("state", ["queued", "running"])
+def test_a_call_that_ends_drops_its_queued_job_and_stops_waiting_for_a_running_one(idle_daemon, state):
+    release = hold_device(idle_daemon) if state == "queued" else None
+    started, finish = threading.Event(), threading.Event()
+
+    def payload(device):
+        started.set()
+        finish.wait(60)
+        return "done"
+
+    context, outcome = EndingContext(), []
+
+    def call():
+        try:
+            outcome.append(idle_daemon.servicer._do(context, "run", "u", payload))
+        except Exception as exc:  # noqa: BLE001 - what the handler would answer
+            outcome.append(exc)
+
+    handler = threading.Thread(target=call)
+    handler.start()
+    if state == "running":
+        assert started.wait(10)
+    else:
+        wait_for(lambda: idle_daemon.scheduler.depth() == 1, "the job never queued")
+    context.end()
+    handler.join(5)
+    assert not handler.is_alive(), "the handler still waits for a job nobody will read"
+    assert isinstance(outcome[0], Cancelled) and f"while the run was {state}" in str(outcome[0])
+    if release is not None:
+        release.set()
+        time.sleep(0.3)
+        assert not started.is_set(), "the dropped job ran"
+    finish.set()
+
+
+def test_stop_returns_and_does_not_close_a_device_still_inside_a_job(monkeypatch, caplog):
+    from chiploop_server import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "WORKER_JOIN_S", 0.3)
+    d = Daemon(DaemonConfig(address="127.0.0.1:0", warm_up=False))
+    d.start()
+    release = hold_device(d)
+    try:
+        t0 = time.monotonic()
+        with caplog.at_level("WARNING", logger="chiploop.daemon"):
+            d.stop(grace=0)
+        assert time.monotonic() - t0 < 5
+        assert "not closing it under that job" in caplog.text
+    finally:
+        release.set()
+    assert d.scheduler.stop(timeout=5), "the worker did not end after its job"
+
+
+def test_a_failed_start_stops_the_server_and_the_device_worker(tmp_path):
+    d = Daemon(DaemonConfig(address="127.0.0.1:0", port_file=str(tmp_path / "missing" / "port"), warm_up=False))
+    with pytest.raises(FileNotFoundError):
+        d.start()
+    assert d.scheduler.stop(timeout=5), "the device's worker outlived the failed start"
+    with grpc.insecure_channel(f"127.0.0.1:{d.port}") as ch:
+        with pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+
+
+def test_every_waiting_job_has_a_thread_so_the_queue_refuses_and_health_still_answers(nmnist_samples):
+    """The queue, not gRPC's thread pool, bounds the waiting calls; health checks get a thread."""
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_queue=24, max_streams=1, warm_up=False)) as d:
+        with ChipClient(d.address) as chip:
+            model = chip.deploy(small_spec(threshold=8)).model_id
+        release = hold_device(d)
+        try:
+            with grpc.insecure_channel(d.address) as ch:
+                stub = pb_grpc.ChipStub(ch)
+                request = run_request(model, nmnist_samples[0])
+                waiting = [stub.Run.future(request, timeout=60) for _ in range(24)]
+                wait_for(lambda: d.scheduler.depth() == 24, "24 runs never queued")
+                refused(lambda: stub.Run(request, timeout=10), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue is full")
+                reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+                assert pb_grpc.ChipStub(ch).GetInfo(pb.GetInfoRequest(), timeout=5).queue_depth == 24
+                release.set()
+                assert all(wire.decode_run_result(f.result(60)).num_samples == 1 for f in waiting)
+        finally:
+            release.set()
+
+
+def wait_for(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)

@@ -79,6 +79,12 @@ class Unauthenticated(ChiploopError):
     grpc_code_name = "UNAUTHENTICATED"
 
 
+class Cancelled(ChiploopError):
+    """The call was cancelled (by its caller, or by the daemon stopping) before it was answered."""
+
+    grpc_code_name = "CANCELLED"
+
+
 ERROR_CLASSES: dict[str, type[ChiploopError]] = {
     cls.grpc_code_name: cls
     for cls in (
@@ -89,6 +95,7 @@ ERROR_CLASSES: dict[str, type[ChiploopError]] = {
         BackendUnavailable,
         FailedPrecondition,
         Unauthenticated,
+        Cancelled,
     )
 }
 

@@ -26,6 +26,9 @@ COUNTER_NAMES: tuple[str, ...] = ("input_events", "dropped_events", "synops", "o
 #: A readout may ask for at most this many bins (a guard against absurd requests).
 MAX_BINS = 100_000
 
+#: Threads one run may use (the simulator's samples in parallel; the daemon's ``workers``).
+MAX_WORKERS = 1 << 16
+
 
 @dataclass(frozen=True)
 class Readout:

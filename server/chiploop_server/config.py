@@ -9,7 +9,6 @@ value of the wrong kind is refused naming where it came from.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chiploop.errors import InvalidArgument
+from chiploop.run import MAX_WORKERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,6 +26,10 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 ENV_PREFIX = "CHIPLOOP_"
 ENV_CONFIG = "CHIPLOOP_CONFIG"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: Longest grace or session lifetime: a week. Beyond threading.TIMEOUT_MAX (292 years) gRPC's
+#: stop() cannot wait, and its shutdown then hangs for good.
+MAX_SECONDS = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,9 @@ class DaemonConfig:
     workers: int = 1
     #: Largest request or response, in bytes; a larger one is refused with RESOURCE_EXHAUSTED.
     max_message_bytes: int = 64 << 20
-    #: Jobs waiting for the device beyond the running one; more is RESOURCE_EXHAUSTED.
-    max_queue: int = 256
+    #: Jobs waiting for the device beyond the running one; more is RESOURCE_EXHAUSTED. Each waiting
+    #: call holds a server thread and its request (memory: about max_queue x max_message_bytes).
+    max_queue: int = 64
     #: Deployed models kept (least recently used go first).
     max_models: int = 64
     #: Stream sessions kept (see chiploop_server.sessions for their lifetime).
@@ -68,9 +73,13 @@ class DaemonConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidArgument(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.workers > MAX_WORKERS:
+            raise InvalidArgument("workers", f"must be 1..{MAX_WORKERS}, got {self.workers}")
         for name in ("session_ttl_s", "grace_s"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise InvalidArgument(name, f"must be >= 0 and finite, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) <= MAX_SECONDS:
+                raise InvalidArgument(name, f"must be 0..{MAX_SECONDS:.0f} seconds, got {getattr(self, name)}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise InvalidArgument("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.parent_pid is not None and self.parent_pid < 1:
             raise InvalidArgument("parent_pid", f"must be a process id >= 1, got {self.parent_pid}")
         if self.max_message_bytes > 2**31 - 1:
@@ -126,10 +135,10 @@ def from_mapping(values: Mapping[str, Any], source: str) -> dict[str, Any]:
 def from_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise InvalidArgument("config", f"cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidArgument("config", f"{path} is not valid TOML: {exc}") from None
     table = data.pop("daemon", {})
     if not isinstance(table, dict):

@@ -26,6 +26,12 @@ from chiploop_server.transport import ChipServicer
 
 log = logging.getLogger("chiploop.daemon")
 
+#: Server threads beyond those the queue and the streams can hold (GetInfo, health, Deploy, reads).
+RESERVED_THREADS = 16
+
+#: How long stop() waits for the job on the device to end, after the server's grace.
+WORKER_JOIN_S = 5.0
+
 SERVICE_NAME = chiploop_pb2.DESCRIPTOR.services_by_name["Chip"].full_name
 
 
@@ -73,11 +79,24 @@ class Daemon:
         return f"{host}:{self.port}"
 
     def start(self) -> int:
+        """Bind, serve, warm up; on any failure everything started is stopped and the device released."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop(grace=0)
+            raise
+
+    def _start(self) -> int:
         config = self.config
         limit = config.max_message_bytes
+        # Every waiting job holds its call's thread, as does every open stream: with fewer threads
+        # than that the queue would end at the pool's size, out of the scheduler's sight, and health
+        # checks would wait behind it. The reserve serves info, health, deploys and reads.
+        threads = config.max_queue + 1 + config.max_streams + RESERVED_THREADS
         self.server = grpc.server(
-            # Each open stream holds a thread; unary calls get the rest.
-            futures.ThreadPoolExecutor(max_workers=config.max_streams + 16, thread_name_prefix="chiploop-grpc"),
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chiploop-grpc"),
+            # More calls than threads are refused at once (RESOURCE_EXHAUSTED), not queued unseen.
+            maximum_concurrent_rpcs=threads,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -123,8 +142,12 @@ class Daemon:
         self.health.enter_graceful_shutdown()
         if self.server is not None:
             self.server.stop(self.config.grace_s if grace is None else grace).wait()
-        self.scheduler.stop(timeout=5.0)
-        self.device.close()
+        if self.scheduler.stop(timeout=WORKER_JOIN_S):
+            self.device.close()
+        else:
+            # Only the worker may touch the device, and it is still inside a job (a kernel cannot be
+            # interrupted): leave the device to it. The worker is a daemon thread; the process exits.
+            log.warning("the device is still running a job after %.0f s: not closing it under that job", WORKER_JOIN_S)
 
     def wait(self) -> None:
         self._stopped.wait()
@@ -144,7 +167,7 @@ def serve(config: DaemonConfig) -> int:
             "parent_pid", f"{config.parent_pid} is not this daemon's parent (its parent is {os.getppid()})"
         )
     logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
+        level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -158,12 +181,14 @@ def serve(config: DaemonConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    daemon.start()
-    print(f"chiploop daemon: backend {config.backend} serving on {daemon.address} (pid {os.getpid()})", flush=True)
-    while not stop.wait(0.2):
-        if config.parent_pid is not None and os.getppid() != config.parent_pid:
-            log.warning("parent process %d is gone: stopping", config.parent_pid)
-            break
-    daemon.stop()
+    try:
+        daemon.start()
+        print(f"chiploop daemon: backend {config.backend} serving on {daemon.address} (pid {os.getpid()})", flush=True)
+        while not stop.wait(0.2):
+            if config.parent_pid is not None and os.getppid() != config.parent_pid:
+                log.warning("parent process %d is gone: stopping", config.parent_pid)
+                break
+    finally:
+        daemon.stop()
     log.info("stopped")
     return 0

@@ -96,19 +96,27 @@ class LocalDaemon:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
+        try:
+            self._wait_serving(port_file)
+        except BaseException:
+            # Interrupted (Ctrl-C in a notebook, a signal) or failed: __exit__ will not run, and the
+            # daemon, in a session of its own, would not see the Ctrl-C.
+            self.stop()
+            raise
+        return self
+
+    def _wait_serving(self, port_file: Path) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while not port_file.exists():
             if self.process.poll() is not None:
-                tail = self.log_tail()
-                self._cleanup()
-                raise BackendUnavailable(f"the local daemon exited at start-up (status {self.process.returncode}):\n{tail}")
+                raise BackendUnavailable(
+                    f"the local daemon exited at start-up (status {self.process.returncode}):\n{self.log_tail()}"
+                )
             if time.monotonic() > deadline:
-                self.stop()
                 raise BackendUnavailable(f"the local daemon did not serve within {self.startup_timeout:g} s")
             time.sleep(0.05)
         self.port = int(port_file.read_text())
         self._wait_healthy(deadline)
-        return self
 
     def _wait_healthy(self, deadline: float) -> None:
         import grpc
@@ -125,9 +133,7 @@ class LocalDaemon:
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline or self.process.poll() is not None:
-                    tail = self.log_tail()
-                    self.stop()
-                    raise BackendUnavailable(f"the local daemon never became healthy:\n{tail}")
+                    raise BackendUnavailable(f"the local daemon never became healthy:\n{self.log_tail()}")
                 time.sleep(0.05)
 
     def stop(self, timeout: float = 15.0) -> int | None:

@@ -52,7 +52,7 @@ class FifoQueue:
 class Scheduler:
     """Runs jobs on one device, one at a time, in the queue's order."""
 
-    def __init__(self, device: Device, max_queue: int = 256, queue: JobQueue | None = None) -> None:
+    def __init__(self, device: Device, max_queue: int = 64, queue: JobQueue | None = None) -> None:
         self.device = device
         self.max_queue = max_queue
         self._queue: JobQueue = queue if queue is not None else FifoQueue()
@@ -108,8 +108,9 @@ class Scheduler:
             self._cond.notify()
         return job.future
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Refuse new jobs, fail the queued ones, let the running one finish."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Refuse new jobs, fail the queued ones, let the running one finish; whether the worker ended
+        within ``timeout`` (if not, it is still inside a job and owns the device)."""
         with self._cond:
             self._stopping = True
             while len(self._queue):
@@ -118,6 +119,7 @@ class Scheduler:
                     job.future.set_exception(BackendUnavailable("the daemon is shutting down"))
             self._cond.notify_all()
         self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     def _next(self) -> Job | None:
         with self._cond:

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 from chiploop import wire
 from chiploop.errors import (
+    Cancelled,
     ChiploopError,
     DeadlineExceeded,
     InvalidArgument,
@@ -37,6 +38,9 @@ from chiploop_server.scheduler import Scheduler
 from chiploop_server.sessions import SessionEntry, SessionStore
 
 log = logging.getLogger("chiploop.transport")
+
+#: How often a handler waiting for its job looks whether its call has ended.
+CALL_POLL_S = 0.25
 
 ANONYMOUS = "anonymous"
 
@@ -99,16 +103,29 @@ def _required(parent: Any, name: str, field: str | None = None) -> Any:
     return getattr(parent, name)
 
 
-class _StreamJob:
-    """The job a stream waits for now, cancelled when the stream ends: one callback per stream,
-    not one per chunk (gRPC keeps callbacks, and each chunk's output with them, until the end)."""
+class _CallWatch:
+    """Whether the RPC has ended (cancelled, deadline, server stopping), and the job it waits for now.
 
-    def __init__(self) -> None:
+    One per call (a stream's jobs share it: gRPC keeps callbacks, and each chunk's output with them,
+    until the end). When the call ends, the job is dropped if it still waits in the queue, and the
+    handler stops waiting for it: a stopping server must not keep its threads on jobs nobody reads.
+    """
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self.ended = threading.Event()
         self.future: concurrent.futures.Future | None = None
+        if not context.add_callback(self.end):
+            self.end()  # the call ended before we could watch it (cancelled while being decoded)
 
-    def cancel(self) -> None:
+    def end(self) -> None:
+        self.ended.set()
         future = self.future
         if future is not None:
+            future.cancel()
+
+    def watch(self, future: concurrent.futures.Future) -> None:
+        self.future = future
+        if self.ended.is_set():  # ended between submit and now: end() saw the previous future
             future.cancel()
 
 
@@ -149,30 +166,34 @@ class ChipServicer(pb_grpc.ChipServicer):
 
     def _do(
         self, context: grpc.ServicerContext, kind: str, user: str, payload: Callable[[Device], Any], size: int = 0,
-        stream: _StreamJob | None = None,
+        call: _CallWatch | None = None,
     ) -> Any:
         """Run ``payload`` on the device's worker within the caller's deadline; return its result."""
+        call = call if call is not None else _CallWatch(context)
+        if call.ended.is_set():
+            raise Cancelled(f"the call ended before the {kind} was queued")
         job = Job(kind, user, payload, deadline_from(context.time_remaining()), size=size)
         future = self.scheduler.submit(job)
-        # The RPC ending early (cancelled, deadline) drops the job if it still waits in the queue.
-        if stream is None:
-            context.add_callback(future.cancel)
-        else:
-            stream.future = future
-        return self._wait(job, future)
+        call.watch(future)
+        return self._wait(job, future, call)
 
     @staticmethod
-    def _wait(job: Job, future: concurrent.futures.Future) -> Any:
-        timeout = None if job.deadline is None else max(0.0, job.deadline - time.monotonic())
-        try:
-            return future.result(timeout=timeout)
-        except ChiploopError:
-            raise
-        except concurrent.futures.TimeoutError:
-            state = "running" if future.running() else "queued"
-            raise DeadlineExceeded(f"the deadline passed while the {job.kind} was {state}") from None
-        except concurrent.futures.CancelledError:
-            raise DeadlineExceeded(f"the {job.kind} was cancelled: the call ended before it started") from None
+    def _wait(job: Job, future: concurrent.futures.Future, call: _CallWatch) -> Any:
+        while True:
+            # In slices, to notice the call ending while the job runs; a result returns at once.
+            timeout = CALL_POLL_S if job.deadline is None else min(CALL_POLL_S, job.deadline - time.monotonic())
+            try:
+                return future.result(timeout=max(0.0, timeout))
+            except ChiploopError:
+                raise
+            except concurrent.futures.TimeoutError:
+                state = "running" if future.running() else "queued"
+                if job.expired():
+                    raise DeadlineExceeded(f"the deadline passed while the {job.kind} was {state}") from None
+                if call.ended.is_set():
+                    raise Cancelled(f"the call ended while the {job.kind} was {state}") from None
+            except concurrent.futures.CancelledError:
+                raise Cancelled(f"the call ended while the {job.kind} was queued") from None
 
     # ------------------------------------------------------------ models
 
@@ -255,8 +276,7 @@ class ChipServicer(pb_grpc.ChipServicer):
         if not self._streams.acquire(blocking=False):
             raise ResourceExhausted(f"{self.max_streams} streams are open (the daemon's max_streams); retry later")
         entry: SessionEntry | None = None
-        current = _StreamJob()
-        context.add_callback(current.cancel)
+        call = _CallWatch(context)
         try:
             first = next(request_iterator, None)
             if first is None:
@@ -267,7 +287,7 @@ class ChipServicer(pb_grpc.ChipServicer):
             readout = wire.decode_readout(first.open.readout)
             readout.check(len(model.spec.layers))
             session = self._do(
-                context, "open", user, lambda device: device.open_session(model.handle, readout), stream=current
+                context, "open", user, lambda device: device.open_session(model.handle, readout), call=call
             )
             entry = self.sessions.add(
                 user, model.model_id, readout, model.spec.input.sensor_size, len(model.spec.layers), session
@@ -280,7 +300,7 @@ class ChipServicer(pb_grpc.ChipServicer):
                 check_dvs_events(events, entry.sensor_size, "events")
                 response = pb.StreamResponse(session_id=entry.session_id)
                 out = self._do(
-                    context, "feed", user, functools.partial(_feed, entry, events), size=events.size, stream=current
+                    context, "feed", user, functools.partial(_feed, entry, events), size=events.size, call=call
                 )
                 wire.encode_array(out, response.output_events, "output_events")
                 response.events_in = entry.events_in

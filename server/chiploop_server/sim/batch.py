@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from chiploop.errors import InvalidArgument, ResourceExhausted, check_int
 from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events
-from chiploop.run import COUNTER_NAMES, Readout, RunResult
+from chiploop.run import COUNTER_NAMES, MAX_WORKERS, Readout, RunResult
 
 from chiploop_server.sim.input_stage import map_input
 from chiploop_server.sim.kernel_async import initial_ticks, run_async
@@ -125,7 +125,7 @@ def run_batch(
     if not isinstance(net, SimNetwork):
         raise InvalidArgument("net", f"must be a SimNetwork, got {type(net).__name__}")
     check_readout(net, readout)
-    check_int(workers, "workers", 1, 1 << 16)
+    check_int(workers, "workers", 1, MAX_WORKERS)
     check_dvs_events(events, net.spec.input.sensor_size, field="events", offsets=offsets)
     n = offsets.size - 1
     n_layers = net.num_layers
