@@ -3,6 +3,7 @@ streams, retries and the error mapping."""
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -171,6 +172,19 @@ def test_an_unknown_model_ends_the_stream_with_not_found_and_leaves_no_thread_be
     assert threading.active_count() <= before
 
 
+def test_a_stream_dropped_without_close_ends_its_request_thread(client):
+    model = client.deploy(small_spec()).model_id
+    before = threading.active_count()
+    for _ in range(3):
+        client.stream(model, READOUT)  # opened, then dropped at once
+    gc.collect()
+    for _ in range(100):
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
 def wide_spec(channels: int, kernel: int = 3, threshold: int = 8) -> NetworkSpec:
     """One convolution of ``channels`` on 34x34 input: kernel**2 * channels synops per event."""
     weights = np.ones((channels, 2, kernel, kernel), np.int8)
@@ -226,6 +240,30 @@ def test_unavailable_is_retried_with_backoff_then_raised():
         assert time.monotonic() - started >= 0.1 * 0.5 + 0.2 * 0.5  # two backoffs, at their shortest
 
 
+def test_the_timeout_bounds_a_call_with_all_its_retries():
+    with ChipClient(f"127.0.0.1:{_free_port()}", retries=50, backoff_s=0.5, timeout=1.0) as chip:
+        started = time.monotonic()
+        with pytest.raises((BackendUnavailable, DeadlineExceeded)):
+            chip.info()
+        # 50 retries at up to 2 s each would take over a minute; the call's 1 s ends them.
+        assert time.monotonic() - started < 10
+
+
+def test_a_chunked_run_that_fails_sends_none_of_its_remaining_chunks(nmnist_samples):
+    from chiploop_server.config import DaemonConfig
+    from chiploop_server.daemon import Daemon
+
+    bad = nmnist_samples[0].copy()
+    bad["x"][0] = 200  # outside the 34 x 34 sensor: refused before it reaches the queue
+    with Daemon(DaemonConfig(address="127.0.0.1:0", warm_up=False)) as daemon:
+        with ChipClient(daemon.address, max_chunk_bytes=1024, max_in_flight=1) as chip:  # a chunk per sample
+            model = chip.deploy(small_spec()).model_id
+            with pytest.raises(InvalidArgument, match=r"events\[0\]\.x"):
+                chip.run(model, [bad, *nmnist_samples[:12]], READOUT)
+        # close() waited for whatever was under way: at most the one chunk already picked up ran.
+        assert daemon.scheduler.jobs_done <= 1
+
+
 def test_a_daemon_that_comes_up_while_the_client_retries_is_reached():
     from chiploop_server.local import LocalDaemon
 
@@ -234,7 +272,7 @@ def test_a_daemon_that_comes_up_while_the_client_retries_is_reached():
     starter = threading.Timer(0.3, local.start)
     starter.start()
     try:
-        with ChipClient(f"127.0.0.1:{port}", retries=30, backoff_s=0.2, timeout=5) as chip:
+        with ChipClient(f"127.0.0.1:{port}", retries=100, backoff_s=0.2, timeout=60) as chip:
             assert chip.info().backend == "sim"
     finally:
         starter.join()

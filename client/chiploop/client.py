@@ -20,6 +20,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -153,22 +154,31 @@ class ChipClient:
 
     # ------------------------------------------------------------ calls
 
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None, idempotent: bool = True) -> T:
+    def _deadline(self, timeout: float | None) -> float:
+        """The monotonic time a call must end by: ``timeout`` bounds the whole call, retries and
+        chunks included (default: the client's timeout)."""
+        return time.monotonic() + (self.timeout if timeout is None else checked_timeout(timeout))
+
+    def _call(self, method: Callable[..., T], request: Any, deadline: float, idempotent: bool = True) -> T:
         attempts = 1 + (self.retries if idempotent else 0)
-        deadline = self.timeout if timeout is None else checked_timeout(timeout)
         for attempt in range(attempts):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{self.address}: the call's timeout passed before attempt {attempt + 1}")
             try:
-                return method(request, timeout=deadline, metadata=self._metadata)
+                return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
                     delay = min(MAX_BACKOFF_S, self.backoff_s * (2**attempt))
-                    time.sleep(delay * (0.5 + random.random()))  # jitter: clients that failed together retry apart
-                    continue
+                    delay *= 0.5 + random.random()  # jitter: clients that failed together retry apart
+                    if time.monotonic() + delay < deadline:  # else no time is left to retry in
+                        time.sleep(delay)
+                        continue
                 raise error_from_rpc(exc, self.address) from None
         raise AssertionError("unreachable")
 
     def info(self, timeout: float | None = None) -> ChipInfo:
-        r = self._call(self._stub.GetInfo, pb.GetInfoRequest(), timeout)
+        r = self._call(self._stub.GetInfo, pb.GetInfoRequest(), self._deadline(timeout))
         return ChipInfo(
             backend=r.backend,
             chip_model=r.chip_model,
@@ -190,7 +200,7 @@ class ChipClient:
             raise InvalidArgument("spec", f"must be a chiploop.spec.NetworkSpec, got {type(spec).__name__}")
         request = pb.DeployRequest()
         wire.encode_network(spec, request.network)
-        r = self._call(self._stub.Deploy, request, timeout)
+        r = self._call(self._stub.Deploy, request, self._deadline(timeout))
         self._remember(r.model_id, spec)
         return Deployment(model_id=r.model_id, cores=tuple(r.cores), cached=r.cached)
 
@@ -199,7 +209,7 @@ class ChipClient:
         ``{layer: {"weights": .., "leak": .., "threshold_high": .., "threshold_low": ..}}``."""
         request = pb.UpdateWeightsRequest(model_id=model_id)
         wire.encode_updates(updates, request.updates)
-        r = self._call(self._stub.UpdateWeights, request, timeout)
+        r = self._call(self._stub.UpdateWeights, request, self._deadline(timeout))
         with self._specs_lock:
             spec = self._specs.get(model_id)
         if spec is not None:  # same shapes: the size estimate carries over
@@ -223,17 +233,25 @@ class ChipClient:
         timeout: float | None = None,
     ) -> RunResult:
         """Run a batch: a list of per-sample DVS event arrays, or packed ``(events, offsets)``
-        (one array alone is one sample). Each sample starts from zero states."""
+        (one array alone is one sample). Each sample starts from zero states. ``timeout`` bounds
+        the whole batch, every chunk and retry included."""
         readout = Readout() if readout is None else readout
         events, offsets = pack_batch(samples)
         template = pb.RunRequest(model_id=model_id)
         wire.encode_readout(readout, template.readout)
+        deadline = self._deadline(timeout)
         bounds = self._chunk_bounds(model_id, offsets, readout)
         if len(bounds) == 1:
-            return self._run_chunk(template, events, offsets, 0, offsets.size - 1, timeout)
+            return self._run_chunk(template, events, offsets, 0, offsets.size - 1, deadline)
         pool = self._pool("_chunk_pool", self.max_in_flight)
-        futures = [pool.submit(self._run_chunk, template, events, offsets, a, b, timeout) for a, b in bounds]
-        return RunResult.concatenate([f.result() for f in futures])
+        futures = [pool.submit(self._run_chunk, template, events, offsets, a, b, deadline) for a, b in bounds]
+        try:
+            return RunResult.concatenate([f.result() for f in futures])
+        except BaseException:
+            # A chunk failed, or the caller was interrupted: the chunks not yet sent are not sent.
+            for f in futures:
+                f.cancel()
+            raise
 
     def run_async(
         self,
@@ -246,7 +264,7 @@ class ChipClient:
         return self._pool("_async_pool", 4).submit(self.run, model_id, samples, readout, timeout)
 
     def _run_chunk(
-        self, template: pb.RunRequest, events: np.ndarray, offsets: np.ndarray, a: int, b: int, timeout: float | None
+        self, template: pb.RunRequest, events: np.ndarray, offsets: np.ndarray, a: int, b: int, deadline: float
     ) -> RunResult:
         request = pb.RunRequest()
         request.CopyFrom(template)
@@ -254,7 +272,7 @@ class ChipClient:
         wire.encode_array(events[lo:hi], request.events, "events")
         wire.encode_array(offsets[a : b + 1] - lo, request.offsets, "offsets")
         try:
-            response = self._call(self._stub.Run, request, timeout)
+            response = self._call(self._stub.Run, request, deadline)
         except ResourceExhausted as exc:
             # A response over the daemon's message limit (outputs are not known in advance):
             # halve the chunk until it fits, or one sample alone is too big.
@@ -262,8 +280,8 @@ class ChipClient:
                 mid = (a + b) // 2
                 return RunResult.concatenate(
                     [
-                        self._run_chunk(template, events, offsets, a, mid, timeout),
-                        self._run_chunk(template, events, offsets, mid, b, timeout),
+                        self._run_chunk(template, events, offsets, a, mid, deadline),
+                        self._run_chunk(template, events, offsets, mid, b, deadline),
                     ]
                 )
             raise
@@ -331,7 +349,7 @@ class ChipClient:
         return ChipStream(self, model_id, Readout() if readout is None else readout, timeout)
 
     def read_outputs(self, session_id: str, timeout: float | None = None) -> SessionOutputs:
-        r = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id), timeout)
+        r = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id), self._deadline(timeout))
         return SessionOutputs(
             output_events=np.array(wire.decode_array(r.output_events, "output_events", CHIP_EVENT_DTYPE, 1)),
             counts={k: np.array(v) for k, v in wire.decode_layer_arrays(r.counts, "counts", np.dtype("<i4")).items()},
@@ -342,18 +360,20 @@ class ChipClient:
         self, session_id: str, layers: tuple[int, ...] = (), timeout: float | None = None
     ) -> dict[int, np.ndarray]:
         request = pb.SessionRequest(session_id=session_id, layers=[int(x) for x in layers])
-        r = self._call(self._stub.ReadMembranes, request, timeout)
+        r = self._call(self._stub.ReadMembranes, request, self._deadline(timeout))
         return {k: np.array(v) for k, v in wire.decode_layer_arrays(r.membranes, "membranes", np.dtype("<i2")).items()}
 
     def reset(self, session_id: str, timeout: float | None = None) -> None:
-        self._call(self._stub.Reset, pb.ResetRequest(session_id=session_id), timeout)
+        self._call(self._stub.Reset, pb.ResetRequest(session_id=session_id), self._deadline(timeout))
 
     # ------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        for pool in (self._chunk_pool, self._async_pool):
+        """Cancel the runs not yet started, wait for those under way, close the channel."""
+        # The async runs first: one under way still needs the chunk pool.
+        for pool in (self._async_pool, self._chunk_pool):
             if pool is not None:
-                pool.shutdown(wait=True)
+                pool.shutdown(wait=True, cancel_futures=True)
         self._channel.close()
 
     def __enter__(self) -> ChipClient:
@@ -386,6 +406,9 @@ class ChipStream:
         opening.open.model_id = model_id
         wire.encode_readout(readout, opening.open.readout)
         self._requests.put(opening)
+        # gRPC reads the requests in a thread of its own, blocked on the queue until _END arrives:
+        # a stream dropped without close() must still end it (the finalizer holds the queue, not self).
+        weakref.finalize(self, self._requests.put, _END)
         self._call = client._stub.StreamEvents(
             iter(self._requests.get, _END),
             timeout=None if timeout is None else checked_timeout(timeout),
@@ -422,7 +445,6 @@ class ChipStream:
                 timer.cancel()
 
     def _end(self) -> None:
-        # gRPC reads the requests in a thread of its own, blocked on the queue until _END arrives.
         self._closed = True
         self._requests.put(_END)
 

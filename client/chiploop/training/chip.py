@@ -20,6 +20,10 @@ from chiploop.errors import FailedPrecondition, InvalidArgument
 from chiploop.run import Readout, RunResult
 from chiploop.spec import NetworkSpec
 
+#: How long one batch may take on a daemon, queue included (a board runs ~0.3 s per N-MNIST
+#: sample in real time, and a shared chip has a queue): past it the trainer fails, not hangs.
+BATCH_TIMEOUT_S = 600.0
+
 
 class Chip(Protocol):
     """What the methods need from a chip: ChipPool (daemons) and InProcessChip both are one."""
@@ -70,7 +74,7 @@ class ChipPool:
         if not addresses:
             raise InvalidArgument("chip", "needs at least one daemon address")
         self.addresses = tuple(addresses)
-        self.clients = [ChipClient(a) for a in self.addresses]
+        self.clients = [ChipClient(a, timeout=BATCH_TIMEOUT_S) for a in self.addresses]
         self.model_ids: list[str] = []
 
     @property
