@@ -405,3 +405,37 @@ def test_samna_backends_refuse_what_they_cannot_configure():
         check_readout(Readout(membrane_layers=(1,)), 2, "depth_first", "speck")
     with pytest.raises(InvalidArgument, match="readout.mode: backend specksim runs breadth_first only"):
         check_readout(Readout(), 2, "breadth_first", "specksim")
+
+
+def test_a_board_refuses_input_longer_than_it_may_take_in_real_time():
+    from chiploop.events import make_dvs_events
+    from chiploop_server.devices.samna_backends import MAX_REALTIME_SPAN_US, check_realtime_span
+
+    short = make_dvs_events([1, 2], [1, 2], [0, 1], [5, 5 + MAX_REALTIME_SPAN_US])
+    long = make_dvs_events([1, 2], [1, 2], [0, 1], [0, 10**15])
+    events, offsets = pack_samples([short, np.zeros(0, short.dtype), long])
+    check_realtime_span(short, np.array([0, 2]), "events")
+    with pytest.raises(InvalidArgument, match=r"events\[2\]: spans 1000000000000000 us; the board runs in real time"):
+        check_realtime_span(events, offsets, "events")
+
+
+def test_reading_a_chip_that_never_falls_silent_stops_at_the_limit():
+    from chiploop_server.devices.samna_backends import drain
+
+    replies = iter([[1, 2], [], [3]])
+    assert drain(lambda: next(replies), poll_s=0.001) == [1, 2]  # until one poll finds nothing
+    started = time.monotonic()
+    assert len(drain(lambda: [0], limit_s=0.2, poll_s=0.01)) >= 10  # spikes for ever: stops after 0.2 s
+    assert time.monotonic() - started < 5
+
+
+def test_the_speck_backend_names_every_package_it_lacks_without_importing_them(monkeypatch):
+    import sys
+
+    from chiploop_server.devices import missing_for
+
+    monkeypatch.setitem(sys.modules, "sinabs", None)  # as if not installed (find_spec: not importable)
+    assert "sinabs" in missing_for("speck") and "sinabs" not in missing_for("specksim")
+    assert "speck" not in available_backends()
+    assert ("samna" in missing_for("speck")) == (not real_samna_installed())
+    assert "samna" not in sys.modules or real_samna_installed()

@@ -48,8 +48,26 @@ def real_samna_installed() -> bool:
     return any(p.name.endswith(suffixes) for p in folder.rglob("*") if p.is_file())
 
 
+#: What each samna backend imports besides samna: the board's configuration is built with
+#: sinabs' Speck2FConfigBuilder from torch layers (the daemon's image has neither by default).
+SAMNA_BACKEND_NEEDS: dict[str, tuple[str, ...]] = {"speck": ("sinabs", "torch"), "specksim": ()}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_for(name: str) -> list[str]:
+    """What this host lacks to run the samna backend ``name``, found without importing anything."""
+    missing = [] if real_samna_installed() else ["samna"]
+    return missing + [m for m in SAMNA_BACKEND_NEEDS[name] if not _importable(m)]
+
+
 def available_backends() -> list[str]:
-    return ["sim", *SAMNA_BACKENDS] if real_samna_installed() else ["sim"]
+    return ["sim", *(name for name in SAMNA_BACKENDS if not missing_for(name))]
 
 
 def open_device(name: str, workers: int = 1) -> Device:
@@ -59,12 +77,17 @@ def open_device(name: str, workers: int = 1) -> Device:
 
         return SimDevice(workers=workers)
     if name in SAMNA_BACKENDS:
-        if not real_samna_installed():
+        missing = missing_for(name)
+        if "samna" in missing:
             raise BackendUnavailable(f"backend {name!r} needs the real samna package: {INSTALL_SAMNA}")
+        if missing:
+            raise BackendUnavailable(
+                f"backend {name!r} also needs {' and '.join(missing)} (pip install 'chiploop[train]')"
+            )
         from chiploop_server.devices import samna_backends
 
         return samna_backends.open_samna_device(name, workers=workers)
     raise InvalidArgument("backend", f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "Device", "Session", "available_backends", "open_device", "real_samna_installed"]
+__all__ = ["BACKENDS", "Device", "Session", "available_backends", "missing_for", "open_device", "real_samna_installed"]

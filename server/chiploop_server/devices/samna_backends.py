@@ -25,7 +25,9 @@ What these backends do, and what they refuse (InvalidArgument naming the field):
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,17 @@ from chiploop.spec import NetworkSpec
 
 from chiploop_server.devices.base import Device, Session
 
+log = logging.getLogger("chiploop.samna")
+
 N_COUNTERS = len(COUNTER_NAMES)
+
+#: A board computes in real time: a sample (or a stream chunk) spanning longer than this is refused
+#: rather than holding the device, and every job queued behind it, for that long.
+MAX_REALTIME_SPAN_US = 60_000_000
+#: How long output may keep coming after the input before the read stops: a positive leak on the
+#: slow clock can keep a chip spiking for ever.
+MAX_DRAIN_S = 2.0
+POLL_S = 0.05
 
 
 def check_supported(spec: NetworkSpec, backend: str) -> None:
@@ -66,6 +78,34 @@ def check_readout(readout: Readout, n_layers: int, mode: str, backend: str) -> N
         raise InvalidArgument("readout.mode", f"backend {backend} runs {mode} only, got {readout.mode}")
 
 
+def check_realtime_span(events: np.ndarray, offsets: np.ndarray, field: str) -> None:
+    """Refuse samples (``offsets`` cuts ``events``, each sorted in time) longer than MAX_REALTIME_SPAN_US."""
+    starts, ends = offsets[:-1], offsets[1:]
+    full = ends > starts
+    spans = events["t"][ends[full] - 1] - events["t"][starts[full]]
+    if spans.size and spans.max() > MAX_REALTIME_SPAN_US:
+        i = int(np.flatnonzero(full)[spans.argmax()])
+        raise InvalidArgument(
+            f"{field}[{i}]" if offsets.size > 2 else field,
+            f"spans {int(spans.max())} us; the board runs in real time and takes at most {MAX_REALTIME_SPAN_US} us at once",
+        )
+
+
+def drain(read: Callable[[], list], limit_s: float = MAX_DRAIN_S, poll_s: float = POLL_S) -> list:
+    """Everything ``read()`` returns until one poll finds nothing, or ``limit_s`` has passed."""
+    received: list = []
+    stop_at = time.monotonic() + limit_s
+    while True:
+        time.sleep(poll_s)
+        new = read()
+        if not new:
+            return received
+        received.extend(new)
+        if time.monotonic() >= stop_at:
+            log.warning("the chip still spikes %.1f s after its input: reading stopped there", limit_s)
+            return received
+
+
 class SamnaModel:
     """A validated spec with its cores and whatever the backend built for it."""
 
@@ -80,6 +120,8 @@ class SamnaDevice(Device):
     limits = SPECK
     mode = "depth_first"
     supports_membranes = False
+    #: Whether the backend computes in real time (a board): input spans are then bounded.
+    realtime = False
 
     def __init__(self, workers: int = 1) -> None:
         from chiploop_server.sim.input_stage import map_input
@@ -111,6 +153,8 @@ class SamnaDevice(Device):
         spec = handle.spec
         check_readout(readout, len(spec.layers), self.mode, self.name)
         check_dvs_events(events, spec.input.sensor_size, "events", offsets=offsets)
+        if self.realtime:
+            check_realtime_span(events, offsets, "events")
         n = offsets.size - 1
         counters = np.zeros((n, N_COUNTERS + len(spec.layers)), np.int64)
         outputs = []
@@ -164,6 +208,8 @@ class SamnaSession:
     def feed(self, events: np.ndarray) -> np.ndarray:
         spec = self.handle.spec
         check_dvs_events(events, spec.input.sensor_size, "events")
+        if self.device.realtime:
+            check_realtime_span(events, np.array([0, events.size]), "events")
         c, y, x, kept = self.device._map_input(spec.input, events)
         out = self.device.feed(self.handle, c[kept], y[kept], x[kept], events["t"][kept])
         self._outputs.append(out)
@@ -200,6 +246,7 @@ class SpeckDevice(SamnaDevice):
     name = "speck"
     mode = "depth_first"
     modes = ("depth_first",)
+    realtime = True
 
     def __init__(self, workers: int = 1) -> None:
         super().__init__(workers)
@@ -208,18 +255,23 @@ class SpeckDevice(SamnaDevice):
 
         self._samna = samna
         self._builder = Speck2FConfigBuilder
+        self._graphs: list = []
         boards = [d for d in samna.device.get_unopened_devices() if "Speck2f" in d.device_type_name]
         if not boards:
             raise BackendUnavailable("backend 'speck': no Speck 2f board found over USB")
         self._board = samna.device.open_device(boards[0])
-        self._input = Speck2FConfigBuilder.get_input_buffer()
-        self._output = Speck2FConfigBuilder.get_output_buffer()
-        model = self._board.get_model()
-        self._graphs = [samna.graph.EventFilterGraph(), samna.graph.EventFilterGraph()]
-        self._graphs[0].sequential([self._input, model.get_sink_node()])
-        self._graphs[1].sequential([model.get_source_node(), self._output])
-        for graph in self._graphs:
-            graph.start()
+        try:
+            self._input = Speck2FConfigBuilder.get_input_buffer()
+            self._output = Speck2FConfigBuilder.get_output_buffer()
+            model = self._board.get_model()
+            self._graphs = [samna.graph.EventFilterGraph(), samna.graph.EventFilterGraph()]
+            self._graphs[0].sequential([self._input, model.get_sink_node()])
+            self._graphs[1].sequential([model.get_source_node(), self._output])
+            for graph in self._graphs:
+                graph.start()
+        except Exception as exc:
+            self.close()  # the board stays free for the next attempt
+            raise BackendUnavailable(f"backend 'speck': cannot set the board up: {exc}") from exc
         self._loaded: SamnaModel | None = None
 
     def chip_model(self) -> str:
@@ -275,14 +327,8 @@ class SpeckDevice(SamnaDevice):
         stopwatch.reset()
         stopwatch.start()
         self._input.write(events)
-        time.sleep(max(0.0, (int(t[-1]) - int(t[0])) * 1e-6) if len(t) else 0.0)
-        received: list = []
-        while True:  # until the chip falls silent
-            time.sleep(0.05)
-            new = [e for e in self._output.get_events() if isinstance(e, spike)]
-            if not new:
-                break
-            received.extend(new)
+        time.sleep((int(t[-1]) - int(t[0])) * 1e-6 if len(t) else 0.0)  # bounded: check_realtime_span
+        received = drain(lambda: [e for e in self._output.get_events() if isinstance(e, spike)])
         stopwatch.stop()
         return _chip_events(
             [handle.layer_of_core[e.layer] for e in received], [e.feature for e in received],
@@ -349,13 +395,7 @@ class SpecksimDevice(SamnaDevice):
         spike = self._samna.specksim.events.Spike
         built["graph"].start()
         built["members"][0].write([spike(ci, yi, xi, ti) for ci, yi, xi, ti in zip(c.tolist(), y.tolist(), x.tolist(), t.tolist(), strict=True)])
-        received: list = []
-        while True:
-            time.sleep(0.05)
-            new = built["members"][-1].get_events()
-            if not new:
-                break
-            received.extend(new)
+        received = drain(built["members"][-1].get_events)
         built["graph"].stop()
         # The sink sits after the last layer's pooling; spikes leave the last layer only.
         last = len(handle.spec.layers) - 1
