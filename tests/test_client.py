@@ -264,6 +264,33 @@ def test_a_chunked_run_that_fails_sends_none_of_its_remaining_chunks(nmnist_samp
         assert daemon.scheduler.jobs_done <= 1
 
 
+def test_close_lets_runs_under_way_finish_and_leaves_no_pool_thread(nmnist_samples):
+    from chiploop_server.config import DaemonConfig
+    from chiploop_server.daemon import Daemon
+
+    samples = nmnist_samples  # 16
+    with Daemon(DaemonConfig(address="127.0.0.1:0", warm_up=False)) as daemon:
+        model = ChipClient(daemon.address).deploy(small_spec()).model_id
+        for started_by in ("run", "run_async"):
+            chip = ChipClient(daemon.address, max_chunk_bytes=1024, max_in_flight=1)  # a chunk per sample
+            outcome = []
+            if started_by == "run":  # another thread's run: its chunks all go, close() waits for them
+                runner = threading.Thread(target=lambda c=chip, o=outcome: o.append(c.run(model, samples, READOUT)))
+                runner.start()
+                while daemon.scheduler.jobs_done == 0:
+                    time.sleep(0.005)
+            else:  # under way when close() starts, it creates the chunk pool meanwhile
+                pending = chip.run_async(model, samples, READOUT)
+                time.sleep(0.05)
+            chip.close()
+            if started_by == "run":
+                runner.join(60)
+            else:
+                outcome.append(pending.result(60))
+            assert outcome[0].num_samples == len(samples)
+            assert not [t for t in threading.enumerate() if t.name.startswith("chiploop-client")]
+
+
 def test_a_daemon_that_comes_up_while_the_client_retries_is_reached():
     from chiploop_server.local import LocalDaemon
 

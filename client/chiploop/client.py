@@ -369,11 +369,15 @@ class ChipClient:
     # ------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        """Cancel the runs not yet started, wait for those under way, close the channel."""
-        # The async runs first: one under way still needs the chunk pool.
-        for pool in (self._async_pool, self._chunk_pool):
+        """Cancel the ``run_async`` calls not yet started, wait for those under way (and for the
+        chunks of a ``run`` another thread has under way), close the channel."""
+        # The async runs first: one under way still needs the chunk pool, and may create it, so
+        # each pool is looked up only once the one before it has drained.
+        for name, cancel in (("_async_pool", True), ("_chunk_pool", False)):
+            with self._pool_lock:
+                pool = getattr(self, name)
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown(wait=True, cancel_futures=cancel)
         self._channel.close()
 
     def __enter__(self) -> ChipClient:

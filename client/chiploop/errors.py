@@ -80,7 +80,7 @@ class Unauthenticated(ChiploopError):
 
 
 class Cancelled(ChiploopError):
-    """The call was cancelled (by its caller, or by the daemon stopping) before it was answered."""
+    """The caller cancelled the call (e.g. closed its client) before it was answered."""
 
     grpc_code_name = "CANCELLED"
 
