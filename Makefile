@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(THREADS) $(BIN)/chiploop train --method cil-bptt --data $(DATA) --out runs/demo --epochs 10
+	$(THREADS) $(BIN)/chiploop train --method cil-bptt --data $(DATA) --out runs/demo --epochs 10 --overwrite
 
 lint: setup
 	$(BIN)/ruff check .

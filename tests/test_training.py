@@ -19,8 +19,8 @@ from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.evaluate import EvalResult, paired_margin
-from chiploop.training.experiment import plan, run_experiment, run_folds, run_seeds
-from chiploop.training.trainer import RunStopped, calibration_indices, load_checkpoint, train
+from chiploop.training.experiment import covers_every_sample, plan, run_experiment, run_folds, run_seeds
+from chiploop.training.trainer import RunStopped, calibration_indices, load_checkpoint, split_indices, train
 from conftest import needs_data
 
 pytestmark = needs_data
@@ -205,6 +205,27 @@ def test_cli_train_then_eval(tmp_path, daemon, capsys):
     with pytest.raises(InvalidArgument, match="same samples"):
         main(["eval", str(out / "checkpoint.pt"), str(elsewhere / "checkpoint.pt"), "--chip", daemon.address])
 
+    # Another data set's validation split is not held out from this run.
+    half = tmp_path / "half"
+    half.mkdir()
+    rows = (default_data_dir() / "train" / "labels.csv").read_text().splitlines()[:501]
+    (half / "labels.csv").write_text("\n".join(rows) + "\n")
+    for row in rows[1:]:
+        name = row.split(",")[0]
+        (half / name).symlink_to(default_data_dir() / "train" / name)
+    with pytest.raises(InvalidArgument, match="holds 500 samples.*was trained on 1000 samples.*--split test"):
+        main(["eval", str(out / "checkpoint.pt"), "--data", str(half), "--chip", daemon.address])
+    with pytest.raises(InvalidArgument, match="threads: must be 1"):
+        main(["eval", str(out / "checkpoint.pt"), "--threads", "0"])
+
+    # A second run into the same folder: refused, unless it replaces the first.
+    with pytest.raises(InvalidArgument, match="holds a run already"):
+        main(["train", "--method", "bptt", "--epochs", "1", "--out", str(out), *args])
+    assert main(["train", "--method", "cil-bptt", "--epochs", "1", "--out", str(out), "--overwrite", *args]) == 0
+    capsys.readouterr()
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["method"] == "cil-bptt"
+    assert len(list((out / "tb").glob("events.*"))) == 1  # the replaced run's curves went with it
+
 
 def test_experiment_writes_table1(tmp_path, daemon):
     base = TrainConfig(out=str(tmp_path / "exp"), chip=(daemon.address,), resume=True, **TINY)
@@ -307,6 +328,10 @@ def test_paired_margin_counts_the_samples_only_one_model_got_right():
         ({"lr": float("inf")}, "lr"),
         ({"surrogate_width": float("inf")}, "surrogate_width"),
         ({"init_target": float("inf")}, "init_target"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**40}, "seed"),
+        ({"duration_us": 2**61}, "duration_us"),
+        ({"pretrain_epochs": 8, "epochs": 8}, "pretrain_epochs"),  # the chip would never be in the loop
     ],
 )
 def test_bad_settings_are_refused_by_name(changes, field):
@@ -337,6 +362,61 @@ def test_experiment_refuses_unknown_methods_and_gives_hidden_substitution_to_cil
     assert TrainConfig(method="cil-ann").check().substitute_hidden == ()
     configs = plan(TrainConfig(method="bptt", out=str(tmp_path)).check(), ["bptt", "cil-bptt"], 5)
     assert configs["cil-bptt"].check().substitute_hidden == HIDDEN_LAYERS
+
+
+def test_options_a_method_would_ignore_are_refused_by_train_and_left_at_defaults_by_the_experiment(tmp_path):
+    for method, changes, field in [
+        ("cil-ann", {"neuron": "leaky"}, "neuron"),
+        ("cnn", {"readout": "counts"}, "readout"),
+        ("cnn", {"qat": False}, "qat"),
+        ("cil-bptt", {"qat": False}, "qat"),
+        ("bptt", {"pretrain_epochs": 1}, "pretrain_epochs"),
+    ]:
+        with pytest.raises(InvalidArgument, match=f"applies to .*, not {method}") as err:
+            train(replace(TrainConfig(method=method, out=str(tmp_path / "never")), **changes))
+        assert err.value.field == field
+    assert not (tmp_path / "never").exists()
+    base = TrainConfig(out=str(tmp_path), readout="counts", qat=False, neuron="leaky", pretrain_epochs=1)
+    configs = plan(base, ["cnn", "bptt", "cil-bptt", "cil-ann"], 5)
+    assert (configs["cnn"].readout, configs["cnn"].qat, configs["cnn"].neuron) == ("charge", True, "iaf")
+    assert (configs["bptt"].readout, configs["bptt"].qat, configs["bptt"].neuron) == ("counts", False, "leaky")
+    assert (configs["cil-bptt"].qat, configs["cil-bptt"].pretrain_epochs, configs["cil-ann"].pretrain_epochs) == (True, 1, 1)
+    assert configs["bptt"].pretrain_epochs == 0
+    for cfg in configs.values():
+        cfg.check().check_applies()
+
+
+def test_an_out_that_cannot_hold_the_run_or_holds_one_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "table" / "bptt").mkdir(parents=True)
+    (tmp_path / "table" / "bptt" / "checkpoint.pt").write_text("")
+    for out, match in [
+        (tmp_path / "file", "is a file, not a folder"),
+        ("", "must name a folder"),
+        (tmp_path / "table" / "bptt", "holds a run already .*--resume continues it, --overwrite replaces it"),
+    ]:
+        with pytest.raises(InvalidArgument, match=match):
+            train(TrainConfig(method="bptt", out=str(out)))
+    # The experiment looks at every method's folder before the first one trains.
+    with pytest.raises(InvalidArgument, match="holds a run already"):
+        run_experiment(TrainConfig(out=str(tmp_path / "table")), ["cnn", "bptt"])
+    assert not (tmp_path / "table" / "cnn").exists()
+    with pytest.raises(InvalidArgument, match="--folds runs the folds"):
+        main(["experiment", "--folds", "all", "--fold", "2", "--out", str(tmp_path / "cv")])
+
+
+def test_a_split_that_leaves_either_side_empty_is_refused():
+    labels = np.repeat(np.arange(10), 10)
+    for fraction in (0.999, 0.0001):
+        with pytest.raises(InvalidArgument, match="split empty") as err:
+            split_indices(TrainConfig(val_fraction=fraction).check(), labels)
+        assert err.value.field == "val_fraction"
+
+
+def test_fold_reports_say_every_sample_was_validated_only_when_it_was():
+    cfg = TrainConfig().check()
+    assert covers_every_sample(cfg, None) and covers_every_sample(cfg, [4, 3, 2, 1, 0])
+    assert not covers_every_sample(cfg, [0, 1]) and not covers_every_sample(replace(cfg, max_val=16), None)
 
 
 def test_missing_or_foreign_checkpoints_are_refused(tmp_path):

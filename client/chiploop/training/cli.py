@@ -72,6 +72,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="also checkpoint inside an epoch at most this often (0: after every batch); a run resumed "
                         "with --resume continues from the batch after it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="train into an --out that holds a run, replacing it")
 
 
 def finite_float(text: str) -> float:
@@ -134,6 +135,7 @@ def _config(args: argparse.Namespace, **overrides) -> TrainConfig:
         substitute_hidden=hidden,
         pretrain_epochs=args.pretrain_epochs,
         chip_eval=not args.no_chip_eval,
+        overwrite=args.overwrite,
         progress=not args.quiet,
         checkpoint_every_s=60.0 * args.checkpoint_minutes,
     )
@@ -219,6 +221,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         cfg.extra["epochs"] = {m: args.epochs for m in METHOD_NAMES}
     seeds = list(_int_list("seeds", args.seeds)) if args.seeds else []
     folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
+    if args.folds and args.fold != _DEFAULTS.fold:
+        raise InvalidArgument("fold", "--folds runs the folds it names; --fold picks the one of a single run")
     with stop_on_signals("experiment") as stop:
         try:
             if args.seeds and args.folds:

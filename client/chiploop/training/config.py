@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from chiploop.architectures import NEURON_KINDS, NMNIST_PAPER, READOUT_KINDS
 from chiploop.data.split import check_fold
-from chiploop.errors import InvalidArgument
+from chiploop.errors import InvalidArgument, check_int
+from chiploop.events import MAX_TIME_US
 
 METHOD_NAMES: tuple[str, ...] = ("cnn", "cnn-qat", "bptt", "cil-bptt", "cil-ann")
 #: Methods that train the same model, so one can start from another's checkpoint (``init_from``).
 METHOD_FAMILIES: tuple[tuple[str, ...], ...] = (("bptt", "cil-bptt"), ("cnn", "cnn-qat", "cil-ann"))
 #: The paper network's hidden spiking layers (all but the output layer): what cil-bptt can substitute.
 HIDDEN_LAYERS: tuple[int, ...] = tuple(range(len(NMNIST_PAPER.stages) - 1))
+
+
+#: Options that only some methods use (the ANN routes convert with their own settings; only bptt
+#: may train in float; only the chip-in-loop methods warm up without the chip). ``train`` refuses
+#: one given to a method that would ignore it; ``experiment`` applies each to the methods it concerns.
+OPTION_METHODS: dict[str, tuple[str, ...]] = {
+    "neuron": ("bptt", "cil-bptt"),
+    "theta_low": ("bptt", "cil-bptt"),
+    "readout": ("bptt", "cil-bptt"),
+    "init_target": ("bptt", "cil-bptt"),
+    "surrogate_width": ("bptt", "cil-bptt"),
+    "qat": ("bptt",),
+    "pretrain_epochs": ("cil-bptt", "cil-ann"),
+}
+
+#: Seeds numpy and torch both take.
+MAX_SEED = 2**32 - 1
 
 
 def method_family(method: str) -> tuple[str, ...]:
@@ -69,12 +87,14 @@ class TrainConfig:
     # set an epoch is many minutes, and a preempted run resumes from the last one, mid-epoch.
     checkpoint_every_s: float = 600.0
     resume: bool = False
+    overwrite: bool = False  # train into an ``out`` that holds a run, replacing it (else refused)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
     def check(self) -> TrainConfig:
         if self.method not in METHOD_NAMES:
             raise InvalidArgument("method", f"must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
+        check_int(self.seed, "seed", 0, MAX_SEED)
         positive = ("epochs", "batch_size", "bins", "duration_us", "chip_workers", "torch_threads", "calibration_samples")
         for name in positive:
             if int(getattr(self, name)) < 1:
@@ -84,6 +104,11 @@ class TrainConfig:
                 raise InvalidArgument(name, f"must be >= 1 (or unset: the whole split), got {getattr(self, name)}")
         if self.pretrain_epochs < 0:
             raise InvalidArgument("pretrain_epochs", f"must be >= 0, got {self.pretrain_epochs}")
+        if self.method in OPTION_METHODS["pretrain_epochs"] and self.pretrain_epochs >= self.epochs:
+            raise InvalidArgument(
+                "pretrain_epochs",
+                f"is {self.pretrain_epochs} of {self.epochs} epochs: {self.method} would never train with the chip",
+            )
         if self.substitute_hidden is None:
             self.substitute_hidden = HIDDEN_LAYERS if self.method == "cil-bptt" else ()
         for i, layer in enumerate(self.substitute_hidden):
@@ -112,6 +137,25 @@ class TrainConfig:
             raise InvalidArgument("lr", f"must be > 0, got {self.lr}")
         if self.duration_us < self.bins:
             raise InvalidArgument("duration_us", "must be at least one microsecond per bin")
+        if self.duration_us > MAX_TIME_US:
+            raise InvalidArgument("duration_us", f"must be at most {MAX_TIME_US} (the chip's clock), got {self.duration_us}")
+        return self
+
+    def for_its_method(self) -> TrainConfig:
+        """This config with the options its method ignores back at their defaults."""
+        defaults = TrainConfig()
+        ignored = {name: getattr(defaults, name) for name, methods in OPTION_METHODS.items() if self.method not in methods}
+        return replace(self, **ignored)
+
+    def check_applies(self) -> TrainConfig:
+        """Refuse options set away from their defaults that this config's method would ignore
+        (recorded in config.json, they would say the run was what it was not)."""
+        defaults = TrainConfig()
+        for name, methods in OPTION_METHODS.items():
+            if self.method not in methods and getattr(self, name) != getattr(defaults, name):
+                raise InvalidArgument(
+                    name, f"applies to {', '.join(methods)}, not {self.method} (it would be ignored)"
+                )
         return self
 
     @property

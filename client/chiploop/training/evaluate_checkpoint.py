@@ -12,7 +12,7 @@ import torch
 from chiploop.data.frames import readout_for
 from chiploop.data.loader import EventDataset
 from chiploop.data.nmnist import NMNIST, default_data_dir, split_folder
-from chiploop.errors import InvalidArgument
+from chiploop.errors import InvalidArgument, check_int
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig
 from chiploop.training.evaluate import EvalResult, evaluate, paired_margin
@@ -20,6 +20,7 @@ from chiploop.training.methods import Method, make_method
 from chiploop.training.trainer import (
     backend_advice,
     calibration_frames,
+    check_trained_on,
     load_checkpoint,
     load_dataset,
     split_indices,
@@ -54,7 +55,7 @@ def evaluate_checkpoint(
     compare those on one test split."""
     if not paths:
         raise InvalidArgument("checkpoints", "give at least one checkpoint")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(check_int(threads, "threads", 1, 1 << 16))
     prepared = [_prepare(path, data, tonic, split, device) for path in paths]
     first_files = prepared[0].files
     for other in prepared[1:]:  # before measuring anything: refuse at once what cannot be compared
@@ -122,6 +123,12 @@ def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device
         indices = np.arange(len(ds))
     else:
         ds = load_dataset(cfg)
+        # The validation split is held out only among the samples the run split.
+        check_trained_on(
+            ckpt, np.asarray(ds.labels), cfg, path,
+            "its validation split is held out only among those: point --data at them, or measure other data "
+            "with --split test",
+        )  # fmt: skip
         indices = split_indices(cfg, np.asarray(ds.labels))[1]
     in_epoch = ckpt.get("in_epoch") or {}
     if in_epoch:

@@ -25,7 +25,7 @@ from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 from chiploop.training.device import resolve_device
 from chiploop.training.evaluate import EvalResult, paired_margin, pool_results
-from chiploop.training.trainer import TrainResult, train
+from chiploop.training.trainer import TrainResult, check_out, train
 
 #: Relative cost of one epoch with its validation (bptt = 1, about 25 s on the bundled data,
 #: 2 shared cores, T=5): the ANN routes see one summed frame but their converted SNNs are
@@ -63,7 +63,7 @@ def plan(base: TrainConfig, methods: list[str], budget_min: float) -> dict[str, 
             out=str(Path(base.out) / m),
             time_limit_s=share,
             substitute_hidden=base.cil_bptt_hidden() if m == "cil-bptt" else (),  # only cil-bptt has them
-        )
+        ).for_its_method()  # each option applies to the methods it concerns
     return configs
 
 
@@ -133,8 +133,9 @@ def run_experiment(
     if unknown:
         raise InvalidArgument("methods", f"unknown {', '.join(unknown)}; known: {', '.join(METHOD_NAMES)}")
     configs = plan(base, methods, budget_min)
-    for cfg in configs.values():
+    for cfg in configs.values():  # all before the first trains
         cfg.check()
+        check_out(cfg)
     out = Path(base.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, TrainResult] = {}
@@ -203,7 +204,13 @@ def run_folds(
         check_fold(k, base.val_fraction, field="folds")
     out = Path(base.out)
     variants = {k: replace(base, fold=k, out=str(out / f"fold{k}")) for k in folds}
-    return _run_repeats(out, variants, methods, budget_min, "fold", stop, chip)
+    every_sample = covers_every_sample(base, folds)
+    return _run_repeats(out, variants, methods, budget_min, "fold", stop, chip, every_sample)
+
+
+def covers_every_sample(base: TrainConfig, folds: list[int] | None) -> bool:
+    """Whether these folds of ``base``'s split validate every sample (all folds, whole splits)."""
+    return base.max_val is None and (folds is None or set(folds) == set(range(num_folds(base.val_fraction))))
 
 
 def run_cv(
@@ -229,7 +236,7 @@ def run_cv(
             by_seed[seed] = run_folds(cfg, methods, folds, budget_min, stop, chip)
             runs = list(by_seed[seed].values())
             pooled[seed] = {m: replace(runs[0][m], final=pool_results([r[m].final for r in runs])) for m in runs[0]}
-            write_repeat_table(out, pooled, "cv")
+            write_repeat_table(out, pooled, "cv", covers_every_sample(base, folds))
     return by_seed
 
 
@@ -241,6 +248,7 @@ def _run_repeats(
     kind: str,
     stop: threading.Event | None,
     chip: Chip | None = None,
+    every_sample: bool = True,
 ) -> dict[int, dict[str, TrainResult]]:
     first = next(iter(variants.values()))
     results: dict[int, dict[str, TrainResult]] = {}
@@ -249,7 +257,7 @@ def _run_repeats(
             chip = stack.enter_context(_open_chip_for(first))
         for key, cfg in variants.items():
             results[key] = run_experiment(cfg, methods, budget_min, chip=chip, stop=stop)
-            write_repeat_table(out, results, kind)
+            write_repeat_table(out, results, kind, every_sample)
     return results
 
 
@@ -272,6 +280,8 @@ class _RepeatKind:
     label: str  # a repeat's label: "<label> <key>"; the json lists the keys as "<label>s"
     name: str  # the files: <name>.md / <name>.json
     note: str  # closing note; {n}: repeats, {validations}: their samples, {first}: the first one's, {one_sample}, {recipe}
+    #: for folds: what the note says the folds validated, when they were all run on whole splits, and when not
+    coverage: tuple[str, str] = ("", "")
 
 
 REPEAT_KINDS = {
@@ -283,22 +293,26 @@ REPEAT_KINDS = {
     ),
     "fold": _RepeatKind(
         "fold", "folds",
-        "{n} folds of one seed's stratified split ({validations} samples): each sample is validated once, by "
-        "models that never trained on it. {recipe}.",
+        "{n} folds of one seed's stratified split ({validations} samples): {coverage}, by models that never "
+        "trained on it. {recipe}.",
+        ("each sample is validated once", "part of the samples is validated (not every fold, or --max-val), each once"),
     ),
     "cv": _RepeatKind(  # each seed's cross-validation pooled into one result
         "seed", "cv",
-        "{n} seeds, each cross-validated on its own split (every sample validated once per seed by models that "
-        "never trained on it: {validations} validations); pooled over the seeds each sample counts once per "
-        "seed, by different models, so the standard error is a little optimistic. Each seed's folds: "
-        "seed<k>/folds.md. {recipe}.",
+        "{n} seeds, each cross-validated on its own split ({coverage} per seed by models that never trained on "
+        "it: {validations} validations); pooled over the seeds a sample counts once per seed, by different "
+        "models, so the standard error is a little optimistic. Each seed's folds: seed<k>/folds.md. {recipe}.",
+        ("every sample validated once", "part of the samples validated (not every fold, or --max-val), each once"),
     ),
 }  # fmt: skip
 
 
-def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], kind: str) -> None:
+def write_repeat_table(
+    out: Path, results: dict[int, dict[str, TrainResult]], kind: str, every_sample: bool = True
+) -> None:
     """``<kind>s.md``/``.json`` for repeats of the experiment (``kind``: seed or fold), or
-    ``cv.md``/``.json`` (``cv``: each seed's cross-validation pooled into one result)."""
+    ``cv.md``/``.json`` (``cv``: each seed's cross-validation pooled into one result).
+    ``every_sample``: the folds validated every sample (all of them ran, on whole splits)."""
     how = REPEAT_KINDS[kind]
     keys = list(results)
     labels = [f"{how.label} {k}" for k in keys]
@@ -345,7 +359,7 @@ def write_repeat_table(out: Path, results: dict[int, dict[str, TrainResult]], ki
         recipe += f"; {results[keys[0]]['cil-bptt'].config.substitution}"
     note = how.note.format(
         n=len(keys), first=n_val[0], validations=", ".join(map(str, n_val)), one_sample=100 / max(n_val[0], 1),
-        recipe=recipe,
+        recipe=recipe, coverage=how.coverage[0 if every_sample else 1],
     )
     lines += ["", note]
     (out / f"{how.name}.md").write_text("\n".join(lines) + "\n")

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ from chiploop.training.evaluate import EvalResult, evaluate
 from chiploop.training.methods import Method, StepResult, make_method
 
 CHECKPOINT = "checkpoint.pt"
+TENSORBOARD = "tb"
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_acc", "val_software", "val_sync_float", "val_sync_int", "val_chip",
     "val_agreement", "val_degradation", "chip_synops", "epoch_s", "chip_wait_s", "iterations",
@@ -67,12 +69,45 @@ def load_dataset(cfg: TrainConfig, split: str = "train") -> EventDataset:
 def split_indices(cfg: TrainConfig, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The seeded stratified split (the config's fold of it), optionally cut to subsets (seeded too)."""
     train, val = stratified_split(labels, cfg.val_fraction, cfg.seed, cfg.fold)
+    for name, part in (("training", train), ("validation", val)):
+        if not len(part):
+            raise InvalidArgument(
+                "val_fraction",
+                f"{cfg.val_fraction} of {len(labels)} samples leaves the {name} split empty; "
+                "choose a fraction that leaves samples on both sides",
+            )
     rng = np.random.default_rng(cfg.seed + 1)
     if cfg.max_train is not None and cfg.max_train < len(train):
         train = np.sort(train[rng.permutation(len(train))[: cfg.max_train]])
     if cfg.max_val is not None and cfg.max_val < len(val):
         val = np.sort(val[rng.permutation(len(val))[: cfg.max_val]])
     return train, val
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """Refuse an ``out`` that cannot hold the run, or that holds a run already (unless resumed or
+    overwritten: a second run there would replace its checkpoint and mix its curves with them)."""
+    if not str(cfg.out).strip():
+        raise InvalidArgument("out", "must name a folder, got ''")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InvalidArgument("out", f"{out} is a file, not a folder")
+    if (out / CHECKPOINT).exists() and not cfg.resume and not cfg.overwrite:
+        raise InvalidArgument(
+            "out", f"{out} holds a run already ({CHECKPOINT}): --resume continues it, --overwrite replaces it"
+        )
+
+
+def make_out(cfg: TrainConfig) -> Path:
+    """The run's folder, created; an overwritten run's TensorBoard events go with it."""
+    out = Path(cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgument("out", f"cannot create {out}: {exc.strerror or exc}") from None
+    if cfg.overwrite and not _resumes(cfg):
+        shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
+    return out
 
 
 def calibration_indices(cfg: TrainConfig, train: np.ndarray) -> np.ndarray:
@@ -103,6 +138,15 @@ def data_fingerprint(labels: np.ndarray) -> str:
     """The samples a run splits, as far as the split can tell: their count and their labels in order."""
     digest = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
     return f"{len(labels)} samples, labels {digest}"
+
+
+def check_trained_on(ckpt: dict, labels: np.ndarray, cfg: TrainConfig, path: str | Path, advice: str) -> None:
+    """Refuse data other than the samples the checkpoint at ``path`` split (``advice``: what to do)."""
+    data = data_fingerprint(labels)
+    if ckpt.get("data", data) != data:  # checkpoints before the fingerprint have none
+        raise InvalidArgument(
+            "data", f"{cfg.data or default_data_dir()} holds {data}, but {path} was trained on {ckpt['data']}; {advice}"
+        )
 
 
 def _check_same(cfg: TrainConfig, saved: TrainConfig, path: Path, names: tuple[str, ...], advice: str = "") -> None:
@@ -220,7 +264,7 @@ def _tensorboard(out: Path):
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional at run time
     except ImportError:  # pragma: no cover - tensorboard is a dependency, but keep training without it
         return None
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter(str(out / TENSORBOARD))
 
 
 def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | None = None) -> TrainResult:
@@ -228,7 +272,8 @@ def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | No
 
     Once ``stop`` is set (a signal handler, another thread) the run stops after the batch in
     progress, writes a checkpoint there and raises ``RunStopped``."""
-    cfg.check()
+    cfg.check().check_applies()
+    check_out(cfg)
     resolve_device(cfg.device)  # before the chip: a device torch cannot use costs no daemon start
     initial_model = _initial_model(cfg)  # so does a bad checkpoint
     needs_chip = cfg.method.startswith("cil-") or cfg.chip_eval
@@ -273,10 +318,9 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
     started = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(cfg)
     train_idx, val_idx = split_indices(cfg, np.asarray(ds.labels))
+    out = make_out(cfg)  # once the settings and the data have passed: a refusal leaves no folder
     data = data_fingerprint(np.asarray(ds.labels))
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
@@ -292,11 +336,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
             cfg, TrainConfig.from_dict(ckpt["config"]), ckpt_path, RESUME_FIELDS,
             "; use another --out or the same settings to resume",
         )
-        if ckpt.get("data", data) != data:  # checkpoints before the fingerprint have none
-            raise InvalidArgument(
-                "data", f"{cfg.data or default_data_dir()} holds {data}, but {ckpt_path} was trained on "
-                f"{ckpt['data']}; point --data at the samples it trained on"
-            )
+        check_trained_on(ckpt, np.asarray(ds.labels), cfg, ckpt_path, "point --data at the samples it trained on")
         method.load_state_dict(ckpt["method"])
         # The time limit and the reported time span every session of the run: a run the limit
         # stopped is finished, and resuming it (experiment --resume rebuilding its tables) measures
