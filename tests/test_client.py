@@ -106,13 +106,24 @@ def test_event_dtype_is_checked_before_sending(client):
 
 
 def test_a_deadline_that_is_no_number_of_seconds_is_refused_before_any_call(client):
-    with pytest.raises(InvalidArgument, match=r"^timeout: must be a finite number of seconds > 0, got nan"):
+    with pytest.raises(InvalidArgument, match=r"^timeout: must be a number of seconds in \(0, 1e\+08\], got nan"):
         client.info(timeout=float("nan"))
     with pytest.raises(InvalidArgument, match=r"^timeout: .* got -1"):
         client.info(timeout=-1)
     with pytest.raises(InvalidArgument, match=r"^timeout: .* got inf"):
         ChipClient(client.address, timeout=float("inf"))
-    assert client.info().backend == "sim"
+    with pytest.raises(InvalidArgument, match=r"^timeout: .* got 1e\+300"):  # gRPC would take it as expired
+        client.info(timeout=1e300)
+    assert client.info(timeout=1e8).backend == "sim"
+
+
+def test_an_address_grpc_would_misread_is_refused():
+    # gRPC wraps ports past 65535 (116836 reaches 51300) and says little about an empty target.
+    for address in ("127.0.0.1:116836", "127.0.0.1:0", "", "localhost", ":50051", "127.0.0.1:port"):
+        with pytest.raises(InvalidArgument, match="^address: must be HOST:PORT"):
+            ChipClient(address)
+    for address in ("[::1]:50051", "unix:/tmp/chiploop.sock", "dns:///localhost:50051"):
+        ChipClient(address).close()
 
 
 def test_server_refusals_surface_as_chiploop_errors_with_the_field(client):

@@ -458,6 +458,18 @@ def test_info_of_an_absent_daemon_fails_with_unavailable(capsys):
     assert "BackendUnavailable" in capsys.readouterr().err
 
 
+def test_info_health_and_demo_refuse_bad_arguments_in_one_line(daemon, capsys):
+    from chiploop.cli import main
+
+    assert main(["info", "127.0.0.1:116836"]) == 1
+    assert "address: must be HOST:PORT with a port 1..65535" in capsys.readouterr().err
+    for timeout in ("0", "-3", "nan", "1e300"):
+        assert main(["health", daemon.address, "--timeout", timeout]) == 2
+        assert "timeout: must be a number of seconds" in capsys.readouterr().err
+    assert main(["demo", daemon.address, "--samples", "0"]) == 1
+    assert "samples: must be 1.." in capsys.readouterr().err
+
+
 def test_every_error_class_has_its_status_code_and_anything_else_is_internal():
     from chiploop.errors import ERROR_CLASSES
     from chiploop_server.transport import status_of

@@ -15,7 +15,6 @@ several at a time, and the results joined in order.
 
 from __future__ import annotations
 
-import math
 import queue
 import random
 import threading
@@ -110,12 +109,29 @@ def error_from_rpc(exc: grpc.RpcError, address: str = "") -> ChiploopError:
     return cls(details)
 
 
+#: The longest timeout a call takes (about three years): gRPC reads a larger one as expired.
+MAX_TIMEOUT_S = 1e8
+
+
 def checked_timeout(seconds: float) -> float:
-    """A deadline in seconds: gRPC takes NaN or a negative number as already expired, which would
-    read as the daemon's fault."""
-    if not 0 < seconds < math.inf:
-        raise InvalidArgument("timeout", f"must be a finite number of seconds > 0, got {seconds}")
+    """A deadline in seconds: gRPC takes NaN, a negative number or a huge one as already expired,
+    which would read as the daemon's fault."""
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise InvalidArgument("timeout", f"must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {seconds}")
     return float(seconds)
+
+
+def check_address(address: str) -> str:
+    """A daemon's address: HOST:PORT with a port gRPC can reach (it wraps 65536 to 0 silently),
+    or one of gRPC's own target forms (``unix:PATH``, ``dns:///HOST:PORT``, ...)."""
+    if not isinstance(address, str) or not address.strip():
+        raise InvalidArgument("address", f"must be HOST:PORT, got {address!r}")
+    if address.startswith(("unix:", "unix-abstract:", "vsock:")) or "://" in address:
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise InvalidArgument("address", f"must be HOST:PORT with a port 1..65535, got {address!r}")
+    return address
 
 
 class ChipClient:
@@ -134,7 +150,7 @@ class ChipClient:
         if max_chunk_bytes < EVENT_BYTES:
             raise InvalidArgument("max_chunk_bytes", f"must be >= {EVENT_BYTES}, got {max_chunk_bytes}")
         wire.tune_malloc()
-        self.address = address
+        self.address = check_address(address)
         self.timeout = checked_timeout(timeout)
         self.retries = max(0, int(retries))
         self.max_chunk_bytes = int(max_chunk_bytes)

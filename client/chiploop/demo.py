@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from chiploop.client import ChipClient
+from chiploop.errors import check_int
 from chiploop.run import Readout
 from chiploop.spec import InputLayer, Layer, NetworkSpec
 
@@ -45,6 +46,7 @@ def _summary(label: str, counts: np.ndarray, labels: np.ndarray, seconds: float,
 def demo(address: str, samples: int = 8, data: str | None = None) -> int:
     from chiploop.data.nmnist import NMNIST, default_data_dir
 
+    check_int(samples, "samples", 1, 1 << 20)
     dataset = NMNIST(data or default_data_dir())
     n = min(samples, len(dataset))
     events = [dataset[i][0] for i in range(n)]

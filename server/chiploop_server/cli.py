@@ -68,12 +68,18 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_health(args: argparse.Namespace) -> int:
     import grpc
+    from chiploop.client import check_address, checked_timeout
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.address) as channel:
+    try:
+        address, timeout = check_address(args.address), checked_timeout(args.timeout)
+    except ChiploopError as exc:
+        print(f"chiploop health: {exc}", file=sys.stderr)
+        return 2
+    with grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
             )
         except grpc.RpcError as exc:
             print(f"{args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
