@@ -381,6 +381,22 @@ def test_sigterm_lets_the_running_call_finish_then_exits_cleanly(nmnist_samples)
         assert local.port is None
 
 
+def test_a_second_sigterm_exits_at_once_without_waiting_for_the_grace():
+    import signal
+
+    from chiploop_server.local import LocalDaemon
+
+    with LocalDaemon(extra_args=["--grace-s", "120", "--no-warm-up"]) as local:
+        with ChipClient(local.address, retries=0) as chip:
+            model = chip.deploy(small_spec()).model_id
+            with chip.stream(model, Readout()):  # an open stream holds the graceful stop for the grace
+                local.process.send_signal(signal.SIGTERM)
+                with pytest.raises(subprocess.TimeoutExpired):
+                    local.process.wait(1)
+                local.process.send_signal(signal.SIGTERM)
+                assert local.process.wait(30) == 128 + signal.SIGTERM
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's new parent may be slow to reap it)."""
     try:

@@ -176,7 +176,11 @@ def serve(config: DaemonConfig) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
-        log.info("%s: stopping (grace %.1f s)", signal.Signals(signum).name, config.grace_s)
+        name = signal.Signals(signum).name
+        if stop.is_set():  # asked twice: the owner will not wait for the grace
+            log.warning("%s again: exiting now, without waiting for running calls", name)
+            os._exit(128 + signum)
+        log.info("%s: stopping (grace %.1f s; the signal again exits at once)", name, config.grace_s)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
