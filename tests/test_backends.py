@@ -156,6 +156,24 @@ def test_deploying_the_same_network_twice_is_cached(sim_device):
     assert len(first.cores) == 2
 
 
+def test_concurrent_deploys_of_one_network_register_it_once(sim_device):
+    registry = Registry(sim_device)
+    barrier, answers = threading.Barrier(8), []
+
+    def deploy():
+        barrier.wait()
+        answers.append(registry.deploy(small_spec()))
+
+    threads = [threading.Thread(target=deploy) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(answers) == 8 and len(registry) == 1
+    assert [cached for _, cached in answers].count(False) == 1
+    assert len({id(model) for model, _ in answers}) == 1  # every caller got the registered one
+
+
 def test_registry_is_bounded_least_recently_used_first(sim_device):
     registry = Registry(sim_device, max_models=2)
     a = registry.deploy(small_spec(seed=1))[0].model_id

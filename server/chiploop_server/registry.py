@@ -49,13 +49,10 @@ class Registry:
         spec = canonical(spec)
         layer_hashes = tuple(layer.content_hash() for layer in spec.layers)
         model_id = spec.content_hash_from_layers(list(layer_hashes))
-        with self._lock:
-            if model_id in self._models:
-                self._models.move_to_end(model_id)
-                return self._models[model_id], True
-            model = Model(model_id, spec, tuple(cores), layer_hashes, self.device.deploy(spec))
-            self._insert(model)
-        return model, False
+        cached = self._cached(model_id)
+        if cached is not None:
+            return cached, True
+        return self._register(Model(model_id, spec, tuple(cores), layer_hashes, self.device.deploy(spec)))
 
     def update(self, model_id: str, updates: dict[int, dict[str, Any]]) -> tuple[Model, bool]:
         """Register the model with some layers changed; returns (new model, cached)."""
@@ -67,14 +64,11 @@ class Registry:
         for index in changed:
             layer_hashes[index] = spec.layers[index].content_hash()
         new_id = spec.content_hash_from_layers(layer_hashes)
-        with self._lock:
-            if new_id in self._models:
-                self._models.move_to_end(new_id)
-                return self._models[new_id], True
-            typed = {i: {k: getattr(spec.layers[i], k) for k in updates[i]} for i in changed}
-            model = Model(new_id, spec, base.cores, tuple(layer_hashes), self.device.update(base.handle, typed))
-            self._insert(model)
-        return model, False
+        cached = self._cached(new_id)
+        if cached is not None:
+            return cached, True
+        typed = {i: {k: getattr(spec.layers[i], k) for k in updates[i]} for i in changed}
+        return self._register(Model(new_id, spec, base.cores, tuple(layer_hashes), self.device.update(base.handle, typed)))
 
     def get(self, model_id: str) -> Model:
         with self._lock:
@@ -86,7 +80,23 @@ class Registry:
             self._models.move_to_end(model_id)
             return model
 
-    def _insert(self, model: Model) -> None:
-        self._models[model.model_id] = model
-        while len(self._models) > self.max_models:
-            self._models.popitem(last=False)
+    # The device builds a handle outside the lock: a slow build (a board's configuration) must not
+    # hold up every Run's ``get``. Two callers building the same model at once both build; the
+    # first to register wins and the other gets it as cached.
+    def _cached(self, model_id: str) -> Model | None:
+        with self._lock:
+            model = self._models.get(model_id)
+            if model is not None:
+                self._models.move_to_end(model_id)
+            return model
+
+    def _register(self, model: Model) -> tuple[Model, bool]:
+        with self._lock:
+            first = self._models.get(model.model_id)
+            if first is not None:
+                self._models.move_to_end(model.model_id)
+                return first, True
+            self._models[model.model_id] = model
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+        return model, False
