@@ -122,7 +122,11 @@ def test_an_address_grpc_would_misread_is_refused():
     for address in ("127.0.0.1:116836", "127.0.0.1:0", "", "localhost", ":50051", "127.0.0.1:port"):
         with pytest.raises(InvalidArgument, match="^address: must be HOST:PORT"):
             ChipClient(address)
-    for address in ("[::1]:50051", "unix:/tmp/chiploop.sock", "dns:///localhost:50051"):
+    for address in ("dns:///127.0.0.1:117837", "ipv4:127.0.0.1:50051,127.0.0.1:70000"):
+        with pytest.raises(InvalidArgument, match="^address: port (117837|70000) of"):
+            ChipClient(address)
+    for address in ("[::1]:50051", "unix:/tmp/chiploop.sock", "dns:///localhost:50051", "dns:localhost:50051",
+                    "ipv4:127.0.0.1:50051", "ipv6:[::1]:50051", "xds:///chiploop", "chip.example.org:50051"):  # fmt: skip
         ChipClient(address).close()
 
 

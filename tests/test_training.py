@@ -19,8 +19,23 @@ from chiploop.errors import InvalidArgument
 from chiploop.training.cli import main
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.evaluate import EvalResult, paired_margin
-from chiploop.training.experiment import covers_every_sample, plan, run_experiment, run_folds, run_seeds
-from chiploop.training.trainer import RunStopped, calibration_indices, load_checkpoint, split_indices, train
+from chiploop.training.experiment import (
+    check_plan,
+    covers_every_sample,
+    plan,
+    run_cv,
+    run_experiment,
+    run_folds,
+    run_seeds,
+)
+from chiploop.training.trainer import (
+    RunStopped,
+    _initial_model,
+    calibration_indices,
+    load_checkpoint,
+    split_indices,
+    train,
+)
 from conftest import needs_data
 
 pytestmark = needs_data
@@ -331,7 +346,6 @@ def test_paired_margin_counts_the_samples_only_one_model_got_right():
         ({"seed": -1}, "seed"),
         ({"seed": 2**40}, "seed"),
         ({"duration_us": 2**61}, "duration_us"),
-        ({"pretrain_epochs": 8, "epochs": 8}, "pretrain_epochs"),  # the chip would never be in the loop
     ],
 )
 def test_bad_settings_are_refused_by_name(changes, field):
@@ -397,12 +411,39 @@ def test_an_out_that_cannot_hold_the_run_or_holds_one_is_refused_before_anything
     ]:
         with pytest.raises(InvalidArgument, match=match):
             train(TrainConfig(method="bptt", out=str(out)))
-    # The experiment looks at every method's folder before the first one trains.
+    # The experiment looks at every method's folder before the first one trains, and at every
+    # seed's and fold's before the first seed or fold trains.
     with pytest.raises(InvalidArgument, match="holds a run already"):
         run_experiment(TrainConfig(out=str(tmp_path / "table")), ["cnn", "bptt"])
     assert not (tmp_path / "table" / "cnn").exists()
+    (tmp_path / "cv" / "seed1" / "fold3" / "bptt").mkdir(parents=True)
+    (tmp_path / "cv" / "seed1" / "fold3" / "bptt" / "checkpoint.pt").write_text("")
+    with pytest.raises(InvalidArgument, match="seed1/fold3/bptt holds a run already"):
+        run_cv(TrainConfig(out=str(tmp_path / "cv")), ["bptt"], [0, 1], None)
+    with pytest.raises(InvalidArgument, match="fold3/bptt holds a run already"):
+        run_folds(TrainConfig(out=str(tmp_path / "cv" / "seed1"), seed=1), ["bptt"], None)
+    assert not (tmp_path / "cv" / "seed0").exists()
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(InvalidArgument, match="file is a file, not a folder"):
+            run_experiment(TrainConfig(out=str(out)), ["bptt"])
     with pytest.raises(InvalidArgument, match="--folds runs the folds"):
         main(["experiment", "--folds", "all", "--fold", "2", "--out", str(tmp_path / "cv")])
+
+
+def test_warm_up_epochs_are_held_to_each_planned_runs_own_epochs(tmp_path):
+    base = TrainConfig(out=str(tmp_path), pretrain_epochs=10).check()  # the base's 8 epochs are nobody's
+    base.extra["epochs"] = {"bptt": 15, "cil-bptt": 15}
+    assert check_plan([base], ["bptt", "cil-bptt"], 5) == ["bptt", "cil-bptt"]
+    base.extra["epochs"] = {"bptt": 15, "cil-bptt": 10}
+    with pytest.raises(InvalidArgument, match="pretrain_epochs: is 10 of 10 epochs: cil-bptt would never"):
+        check_plan([base], ["bptt", "cil-bptt"], 5)
+
+
+def test_runs_recorded_before_ignored_options_were_refused_still_start_others(tmp_path):
+    # Before f5b5d73 an experiment recorded every option in every method's config.
+    old = TrainConfig(method="cnn-qat", neuron="leaky", readout="counts").to_dict()
+    torch.save({"config": old, "epoch": 0, "method": {"model": {}}, "history": []}, tmp_path / "old.pt")
+    assert _initial_model(TrainConfig(method="cil-ann", init_from=str(tmp_path / "old.pt"))) == {}
 
 
 def test_a_split_that_leaves_either_side_empty_is_refused():

@@ -123,10 +123,20 @@ def checked_timeout(seconds: float) -> float:
 
 def check_address(address: str) -> str:
     """A daemon's address: HOST:PORT with a port gRPC can reach (it wraps 65536 to 0 silently),
-    or one of gRPC's own target forms (``unix:PATH``, ``dns:///HOST:PORT``, ...)."""
+    or one of gRPC's own target forms (``unix:PATH``, ``dns:///HOST:PORT``, ``ipv4:A:P,B:P``, ...),
+    whose ports are held to the same range."""
     if not isinstance(address, str) or not address.strip():
         raise InvalidArgument("address", f"must be HOST:PORT, got {address!r}")
-    if address.startswith(("unix:", "unix-abstract:", "vsock:")) or "://" in address:
+    scheme, colon, rest = address.partition(":")
+    if scheme in ("dns", "ipv4", "ipv6") and colon:
+        if rest.startswith("//"):  # dns://AUTHORITY/HOST:PORT
+            rest = rest[2:].partition("/")[2]
+        for endpoint in rest.split(","):
+            port = endpoint.rpartition(":")[2] if not endpoint.endswith("]") else ""
+            if port.isdigit() and not 0 < int(port) <= 65535:
+                raise InvalidArgument("address", f"port {port} of {address!r} is not 1..65535")
+        return address
+    if "://" in address or scheme in ("unix", "unix-abstract", "vsock", "xds") and colon:
         return address
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:

@@ -104,11 +104,6 @@ class TrainConfig:
                 raise InvalidArgument(name, f"must be >= 1 (or unset: the whole split), got {getattr(self, name)}")
         if self.pretrain_epochs < 0:
             raise InvalidArgument("pretrain_epochs", f"must be >= 0, got {self.pretrain_epochs}")
-        if self.method in OPTION_METHODS["pretrain_epochs"] and self.pretrain_epochs >= self.epochs:
-            raise InvalidArgument(
-                "pretrain_epochs",
-                f"is {self.pretrain_epochs} of {self.epochs} epochs: {self.method} would never train with the chip",
-            )
         if self.substitute_hidden is None:
             self.substitute_hidden = HIDDEN_LAYERS if self.method == "cil-bptt" else ()
         for i, layer in enumerate(self.substitute_hidden):
@@ -148,14 +143,21 @@ class TrainConfig:
         return replace(self, **ignored)
 
     def check_applies(self) -> TrainConfig:
-        """Refuse options set away from their defaults that this config's method would ignore
-        (recorded in config.json, they would say the run was what it was not)."""
+        """The checks of a run's own config (not of an experiment's base, whose method and epochs
+        each planned run replaces): refuse options set away from their defaults that the method
+        would ignore (recorded in config.json, they would say the run was what it was not), and
+        warm-up epochs that would keep the chip out of the loop."""
         defaults = TrainConfig()
         for name, methods in OPTION_METHODS.items():
             if self.method not in methods and getattr(self, name) != getattr(defaults, name):
                 raise InvalidArgument(
                     name, f"applies to {', '.join(methods)}, not {self.method} (it would be ignored)"
                 )
+        if self.method in OPTION_METHODS["pretrain_epochs"] and self.pretrain_epochs >= self.epochs:
+            raise InvalidArgument(
+                "pretrain_epochs",
+                f"is {self.pretrain_epochs} of {self.epochs} epochs: {self.method} would never train with the chip",
+            )
         return self
 
     @property

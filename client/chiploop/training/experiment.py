@@ -25,7 +25,7 @@ from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 from chiploop.training.device import resolve_device
 from chiploop.training.evaluate import EvalResult, paired_margin, pool_results
-from chiploop.training.trainer import TrainResult, check_out, train
+from chiploop.training.trainer import TrainResult, check_folder, check_out, make_folder, train
 
 #: Relative cost of one epoch with its validation (bptt = 1, about 25 s on the bundled data,
 #: 2 shared cores, T=5): the ANN routes see one summed frame but their converted SNNs are
@@ -126,18 +126,9 @@ def run_experiment(
 ) -> dict[str, TrainResult]:
     """Every method on one chip: ``chip`` if given (left open), else one opened from ``base.chip``.
     ``stop``: as for ``train`` (the method in progress stops, checkpointed; ``resume`` continues)."""
-    if not budget_min > 0:
-        raise InvalidArgument("budget", f"must be > 0 minutes, got {budget_min}")
-    methods = list(methods or METHOD_NAMES)
-    unknown = [m for m in methods if m not in METHOD_NAMES]
-    if unknown:
-        raise InvalidArgument("methods", f"unknown {', '.join(unknown)}; known: {', '.join(METHOD_NAMES)}")
+    methods = check_plan([base], methods, budget_min)
     configs = plan(base, methods, budget_min)
-    for cfg in configs.values():  # all before the first trains
-        cfg.check()
-        check_out(cfg)
-    out = Path(base.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(base.out)
     results: dict[str, TrainResult] = {}
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -147,6 +138,23 @@ def run_experiment(
             results[m] = train(configs[m], chip=chip, stop=stop)
             write_table(out, results, _note(base, budget_min, time.perf_counter() - started))
     return results
+
+
+def check_plan(bases: list[TrainConfig], methods: list[str] | None, budget_min: float) -> list[str]:
+    """Every run of the experiments on ``bases`` checked (settings and folders) before the first
+    trains: a refusal after hours of other runs would cost them. Returns the methods."""
+    if not budget_min > 0:
+        raise InvalidArgument("budget", f"must be > 0 minutes, got {budget_min}")
+    methods = list(methods or METHOD_NAMES)
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown:
+        raise InvalidArgument("methods", f"unknown {', '.join(unknown)}; known: {', '.join(METHOD_NAMES)}")
+    for base in bases:
+        check_folder(base.out)
+        for cfg in plan(base, methods, budget_min).values():
+            cfg.check().check_applies()
+            check_out(cfg)
+    return methods
 
 
 def _open_chip_for(cfg: TrainConfig) -> contextlib.AbstractContextManager[Chip]:
@@ -178,11 +186,22 @@ def run_seeds(
     """The experiment once per seed (split, initialisation and data order all follow the seed),
     each in ``out/seed<k>/``, then ``seeds.md``/``seeds.json``: every method's accuracies per
     seed with their mean and spread, and each chip-in-loop method's margin over its twin."""
+    variants = _seed_variants(base, seeds)
+    return _run_repeats(Path(base.out), variants, methods, budget_min, "seed", stop)
+
+
+def _seed_variants(base: TrainConfig, seeds: list[int]) -> dict[int, TrainConfig]:
     if not seeds:
         raise InvalidArgument("seeds", "give at least one seed")
-    out = Path(base.out)
-    variants = {s: replace(base, seed=s, out=str(out / f"seed{s}")) for s in seeds}
-    return _run_repeats(out, variants, methods, budget_min, "seed", stop)
+    return {s: replace(base, seed=s, out=str(Path(base.out) / f"seed{s}")) for s in seeds}
+
+
+def _fold_variants(base: TrainConfig, folds: list[int]) -> dict[int, TrainConfig]:
+    if not folds:
+        raise InvalidArgument("folds", "give at least one fold")
+    for k in folds:
+        check_fold(k, base.val_fraction, field="folds")
+    return {k: replace(base, fold=k, out=str(Path(base.out) / f"fold{k}")) for k in folds}
 
 
 def run_folds(
@@ -198,14 +217,9 @@ def run_folds(
     ``out/fold<k>/``, then ``folds.md``/``folds.json``, as for seeds plus the accuracies and CIL
     margins pooled over every validated sample, with the margin's standard error."""
     folds = list(range(num_folds(base.val_fraction))) if folds is None else folds
-    if not folds:
-        raise InvalidArgument("folds", "give at least one fold")
-    for k in folds:
-        check_fold(k, base.val_fraction, field="folds")
-    out = Path(base.out)
-    variants = {k: replace(base, fold=k, out=str(out / f"fold{k}")) for k in folds}
+    variants = _fold_variants(base, folds)
     every_sample = covers_every_sample(base, folds)
-    return _run_repeats(out, variants, methods, budget_min, "fold", stop, chip, every_sample)
+    return _run_repeats(Path(base.out), variants, methods, budget_min, "fold", stop, chip, every_sample)
 
 
 def covers_every_sample(base: TrainConfig, folds: list[int] | None) -> bool:
@@ -225,14 +239,14 @@ def run_cv(
     ``folds.md``; then ``cv.md``/``cv.json``: each seed's folds pooled, and every seed and fold
     pooled, with each CIL margin paired per sample over all of them (the figure that judges
     "cil-bptt beats bptt on the chip" on every bundled sample, several times over)."""
-    if not seeds:
-        raise InvalidArgument("seeds", "give at least one seed")
     out = Path(base.out)
+    by_seed_cfg = _seed_variants(base, seeds)
+    all_folds = list(range(num_folds(base.val_fraction))) if folds is None else folds
+    check_plan([v for cfg in by_seed_cfg.values() for v in _fold_variants(cfg, all_folds).values()], methods, budget_min)
     by_seed: dict[int, dict[int, dict[str, TrainResult]]] = {}
     pooled: dict[int, dict[str, TrainResult]] = {}
     with _open_chip_for(base) as chip:  # one daemon for every seed and fold
-        for seed in seeds:
-            cfg = replace(base, seed=seed, out=str(out / f"seed{seed}"))
+        for seed, cfg in by_seed_cfg.items():
             by_seed[seed] = run_folds(cfg, methods, folds, budget_min, stop, chip)
             runs = list(by_seed[seed].values())
             pooled[seed] = {m: replace(runs[0][m], final=pool_results([r[m].final for r in runs])) for m in runs[0]}
@@ -250,6 +264,7 @@ def _run_repeats(
     chip: Chip | None = None,
     every_sample: bool = True,
 ) -> dict[int, dict[str, TrainResult]]:
+    check_plan(list(variants.values()), methods, budget_min)
     first = next(iter(variants.values()))
     results: dict[int, dict[str, TrainResult]] = {}
     with contextlib.ExitStack() as stack:

@@ -84,27 +84,43 @@ def split_indices(cfg: TrainConfig, labels: np.ndarray) -> tuple[np.ndarray, np.
     return train, val
 
 
+def check_folder(path: str | Path) -> Path:
+    """``--out`` as a folder that is there or can be made: refused if empty, or if it or a folder
+    above it is a file."""
+    if not str(path).strip():
+        raise InvalidArgument("out", "must name a folder, got ''")
+    out = Path(path)
+    for above in (out, *out.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise InvalidArgument("out", f"{above} is a file, not a folder")
+            break
+    return out
+
+
 def check_out(cfg: TrainConfig) -> None:
     """Refuse an ``out`` that cannot hold the run, or that holds a run already (unless resumed or
     overwritten: a second run there would replace its checkpoint and mix its curves with them)."""
-    if not str(cfg.out).strip():
-        raise InvalidArgument("out", "must name a folder, got ''")
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise InvalidArgument("out", f"{out} is a file, not a folder")
+    out = check_folder(cfg.out)
     if (out / CHECKPOINT).exists() and not cfg.resume and not cfg.overwrite:
         raise InvalidArgument(
             "out", f"{out} holds a run already ({CHECKPOINT}): --resume continues it, --overwrite replaces it"
         )
 
 
-def make_out(cfg: TrainConfig) -> Path:
-    """The run's folder, created; an overwritten run's TensorBoard events go with it."""
-    out = Path(cfg.out)
+def make_folder(path: str | Path) -> Path:
+    """``--out`` created (with its parents), or refused naming why."""
+    out = check_folder(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidArgument("out", f"cannot create {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def make_out(cfg: TrainConfig) -> Path:
+    """The run's folder, created; an overwritten run's TensorBoard events go with it."""
+    out = make_folder(cfg.out)
     if cfg.overwrite and not _resumes(cfg):
         shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
     return out
@@ -173,7 +189,7 @@ def _initial_model(cfg: TrainConfig) -> dict | None:
         return None
     path = Path(cfg.init_from)
     ckpt = load_checkpoint(path)
-    saved = TrainConfig.from_dict(ckpt["config"])
+    saved = TrainConfig.from_dict(ckpt["config"]).for_its_method()  # runs before f5b5d73 recorded ignored options
     family = method_family(cfg.method)
     if saved.method not in family:
         raise InvalidArgument(
@@ -333,7 +349,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
     if _resumes(cfg):
         ckpt = load_checkpoint(ckpt_path)
         _check_same(
-            cfg, TrainConfig.from_dict(ckpt["config"]), ckpt_path, RESUME_FIELDS,
+            cfg, TrainConfig.from_dict(ckpt["config"]).for_its_method(), ckpt_path, RESUME_FIELDS,
             "; use another --out or the same settings to resume",
         )
         check_trained_on(ckpt, np.asarray(ds.labels), cfg, ckpt_path, "point --data at the samples it trained on")
