@@ -78,14 +78,15 @@ def test_cache_stops_filling_at_its_limit_and_reads_stay_the_same(monkeypatch):
 
 
 def test_full_layout_and_bad_files(tmp_path):
-    for digit in (3, 7):
+    for digit in range(10):
         d = tmp_path / "Train" / str(digit)
         d.mkdir(parents=True)
         (d / "00002.bin").write_bytes(encode([1], [2], [1], [digit]))
-        (d / "00010.bin").write_bytes(encode([4], [5], [0], [digit + 1]))
+        if digit in (3, 7):
+            (d / "00010.BIN").write_bytes(encode([4], [5], [0], [digit + 1]))  # any case of the suffix
     ds = NMNIST(tmp_path, split="train")
-    assert list(ds.labels) == [3, 3, 7, 7]
-    assert ds[2][0]["t"][0] == 7
+    assert list(ds.labels) == [0, 1, 2, 3, 3, 4, 5, 6, 7, 7, 8, 9]
+    assert ds[8][0]["t"][0] == 7
     (tmp_path / "bad.bin").write_bytes(b"\x00" * 7)
     with pytest.raises(InvalidArgument, match="multiple of 5"):
         read_nmnist_bin(tmp_path / "bad.bin")
@@ -95,12 +96,34 @@ def test_full_layout_and_bad_files(tmp_path):
     with pytest.raises(InvalidArgument, match="no N-MNIST data"):
         NMNIST(tmp_path, split="test")
     # A split folder is itself only for its own split: the test split of Train/ is not Train/.
-    assert list(NMNIST(tmp_path / "Train", split="train").labels) == [3, 3, 7, 7]
+    assert list(NMNIST(tmp_path / "Train", split="train").labels) == list(ds.labels)
     with pytest.raises(InvalidArgument, match="no N-MNIST data"):
         NMNIST(tmp_path / "Train", split="test")
-    assert list(NMNIST(tmp_path, split="Train").labels) == [3, 3, 7, 7]  # split names in any case
+    assert list(NMNIST(tmp_path, split="Train").labels) == list(ds.labels)  # split names in any case
     with pytest.raises(InvalidArgument, match="split: must be one of train, test, got 'val'"):
         NMNIST(tmp_path, split="val")
+
+
+def test_files_that_could_not_be_read_later_are_refused_when_the_data_set_opens(tmp_path):
+    """Found only when first read, a bad file would end a run after an epoch of training."""
+    train = tmp_path / "Train"
+    for digit in range(10):
+        (train / str(digit)).mkdir(parents=True)
+        (train / str(digit) / "1.bin").write_bytes(encode([1], [2], [1], [digit]))
+    cases = [
+        (lambda: (train / "4" / "2.bin").write_bytes(b"\x00" * 7), r"4/2\.bin: size 7 bytes is not a multiple of 5"),
+        (lambda: (train / "4" / "2.bin").mkdir(), r"4/2\.bin: is not a file"),
+        (lambda: (train / "4" / "2.bin").symlink_to(train / "4" / "2.bin"), r"4/2\.bin: cannot read"),
+        (lambda: (train / "4" / "1.bin").unlink(), "no samples of digit\\(s\\) 4 under .*incomplete copy"),
+    ]
+    for make, match in cases:
+        make()
+        with pytest.raises(InvalidArgument, match=match):
+            NMNIST(tmp_path, split="train")
+        for leftover in (train / "4").iterdir():
+            leftover.rmdir() if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+        (train / "4" / "1.bin").write_bytes(encode([1], [2], [1], [4]))
+    assert len(NMNIST(tmp_path, split="train")) == 10
 
 
 def test_timestamp_overflow_markers_extend_time_like_the_authors_reader():

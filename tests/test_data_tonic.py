@@ -21,7 +21,11 @@ def tonic_folder(root, per_split: int = 30):
     tonic's own check would call that missing and download.
     """
     bundled = NMNIST(DATA)
-    for split, indices in (("Train", range(per_split)), ("Test", range(per_split, 2 * per_split))):
+    per_digit = per_split // 10  # every digit in both splits, as in N-MNIST
+    by_digit = [np.flatnonzero(bundled.labels == d) for d in range(10)]
+    train = np.sort(np.concatenate([ix[:per_digit] for ix in by_digit]))
+    test = np.sort(np.concatenate([ix[per_digit : 2 * per_digit] for ix in by_digit]))
+    for split, indices in (("Train", train), ("Test", test)):
         for i in indices:
             folder = root / "NMNIST" / split / str(int(bundled.labels[i]))
             folder.mkdir(parents=True, exist_ok=True)
@@ -77,6 +81,25 @@ def test_tonic_reads_the_same_samples_as_chiploop(tmp_path):
             np.testing.assert_array_equal(via_tonic.events(i), direct.events(j))
         with pytest.raises(IndexError):
             via_tonic.events(len(via_tonic))  # refused as chiploop's reader does, not wrapped around
+
+
+@needs_tonic
+@needs_data
+def test_tonic_route_refuses_bad_files_when_it_opens_naming_them(tmp_path):
+    tonic_folder(tmp_path)
+    train = tmp_path / "NMNIST" / "Train"
+    (train / "3" / "odd.bin").write_bytes(b"\x00" * 7)
+    with pytest.raises(InvalidArgument, match=r"3/odd\.bin: size 7 bytes is not a multiple of 5"):
+        TonicNMNIST(tmp_path)
+    (train / "3" / "odd.bin").unlink()
+    (train / "README.bin").write_bytes(b"")  # tonic takes a label from the folder's name
+    with pytest.raises(InvalidArgument, match="^data: tonic cannot list"):
+        TonicNMNIST(tmp_path)
+    (train / "README.bin").unlink()
+    for f in (train / "8").iterdir():
+        f.unlink()
+    with pytest.raises(InvalidArgument, match=r"no samples of digit\(s\) 8"):
+        TonicNMNIST(tmp_path)
 
 
 @needs_tonic

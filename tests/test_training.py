@@ -446,6 +446,11 @@ def test_runs_recorded_before_ignored_options_were_refused_still_start_others(tm
     assert _initial_model(TrainConfig(method="cil-ann", init_from=str(tmp_path / "old.pt"))) == {}
 
 
+def test_a_run_records_its_data_folder_so_eval_finds_it_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert TrainConfig(data="nmnist").check().data == str(tmp_path / "nmnist")
+
+
 def test_a_split_that_leaves_either_side_empty_is_refused():
     labels = np.repeat(np.arange(10), 10)
     for fraction in (0.999, 0.0001):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chiploop.data.nmnist import CachedEvents, check_split
+from chiploop.data.nmnist import CachedEvents, check_files, check_on_sensor, check_split
 from chiploop.errors import BackendUnavailable, InvalidArgument
 from chiploop.events import DVS_EVENT_DTYPE
 
@@ -68,9 +68,23 @@ class TonicNMNIST(CachedEvents):
             raise InvalidArgument(
                 "data", f"{folder} does not exist; chiploop never downloads, extract N-MNIST there first"
             )
-        self._ds = _offline_nmnist_class(tonic)(save_to=str(self.root), train=split == "train")
+        try:
+            self._ds = _offline_nmnist_class(tonic)(save_to=str(self.root), train=split == "train")
+        except (ValueError, OSError) as exc:  # tonic reads a label from each .bin's folder name
+            raise InvalidArgument("data", f"tonic cannot list {folder}: {exc}") from None
         self.files = [Path(f) for f in self._ds.data]  # tonic's order: lexicographic per digit
         self.labels = np.asarray([int(t) for t in self._ds.targets], np.int64)
+        missing = sorted(set(range(self.num_classes)) - set(self.labels.tolist()))
+        if missing:
+            raise InvalidArgument(
+                "data", f"no samples of digit(s) {', '.join(map(str, missing))} under {folder} (an incomplete copy?)"
+            )
+        check_files(self.files)
 
     def _decode(self, index: int) -> np.ndarray:
-        return to_dvs_events(self._ds[index][0])
+        try:
+            events = to_dvs_events(self._ds[index][0])
+        except (ValueError, OSError) as exc:
+            raise InvalidArgument(str(self.files[index]), f"tonic cannot decode it: {exc}") from None
+        check_on_sensor(events, str(self.files[index]))
+        return events

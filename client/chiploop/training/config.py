@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from chiploop.architectures import NEURON_KINDS, NMNIST_PAPER, READOUT_KINDS
@@ -95,6 +96,8 @@ class TrainConfig:
         if self.method not in METHOD_NAMES:
             raise InvalidArgument("method", f"must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
         check_int(self.seed, "seed", 0, MAX_SEED)
+        if self.data is not None:  # recorded in config.json: eval may run from another folder
+            self.data = os.path.abspath(os.path.expanduser(self.data))
         positive = ("epochs", "batch_size", "bins", "duration_us", "chip_workers", "torch_threads", "calibration_samples")
         for name in positive:
             if int(getattr(self, name)) < 1:

@@ -111,6 +111,10 @@ def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device
     cfg = trained
     if data is not None:
         cfg = replace(cfg, data=data)
+    elif trained.data is not None and not Path(trained.data).is_dir():
+        raise InvalidArgument(
+            "data", f"{trained.data}, where {path} was trained, is not a folder from here: point --data at those samples"
+        )
     if tonic is not None:
         cfg = replace(cfg, tonic=tonic)
     cfg = replace(cfg, device=device)  # where it was trained does not matter
