@@ -108,6 +108,34 @@ def samples_folder(folder, n: int):
     return folder
 
 
+def test_a_sample_that_cannot_be_decoded_keeps_the_epoch_trained_before_it(tmp_path, daemon):
+    """Its size is right (so the data set opens), its first event is off the sensor: found while
+    validating, after the epoch trained. The epoch is checkpointed; fixed, the run resumes there."""
+    data = tmp_path / "data"
+    data.mkdir()
+    bundled = default_data_dir() / "train"
+    rows = (bundled / "labels.csv").read_text().splitlines()
+    (data / "labels.csv").write_text("\n".join(rows) + "\n")
+    for row in rows[1:]:
+        name = row.split(",")[0]
+        (data / name).symlink_to(bundled / name)
+    cfg = TrainConfig(method="bptt", epochs=1, data=str(data), out=str(tmp_path / "run"), chip=(daemon.address,), **TINY)
+    labels = np.array([int(r.split(",")[1]) for r in rows[1:]])
+    victim = data / rows[1 + int(split_indices(cfg.check(), labels)[1][0])].split(",")[0]
+    raw = bytearray(victim.read_bytes())
+    raw[0] = 200  # x of the first event
+    victim.unlink()
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(InvalidArgument, match=rf"{victim.name}\[0\]\.x: must be < 34"):
+        train(cfg)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["epoch"] == -1 and saved["in_epoch"]["batches"] == 2  # every batch of the epoch trained
+    victim.unlink()
+    victim.symlink_to(bundled / victim.name)
+    result = train(replace(cfg, resume=True))
+    assert len(result.history) == 1 and result.history[0]["iterations"] == 2
+
+
 def test_calibration_draws_every_class_from_a_data_set_listed_digit_by_digit():
     train = np.arange(6000)  # the full data set's order: all zeros first, then all ones, ...
     labels = np.repeat(np.arange(10), 600)

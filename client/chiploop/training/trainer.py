@@ -379,6 +379,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
             if history and not finishing and _past(cfg.time_limit_s, started):
                 break  # after the epoch that passed the limit (perhaps in an earlier session)
             progress = resumed_in if finishing else EpochProgress(epoch)
+            progress_at_start = progress.batches
             method.set_learning_rate(epoch)
             method.start_epoch(epoch, calib, chip, resumed=progress.batches > 0)
             batches = iterate_batches(
@@ -398,28 +399,45 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
                 mininterval=0.1 if sys.stderr.isatty() else 60.0,
             )
             saved = time.perf_counter()
-            for batch in bar:
-                step = method.step(batch, chip)
-                progress.add(step)
-                bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}", acc=f"{progress.correct / progress.seen:.3f}",
-                               refresh=False)
-                if writer is not None:  # per iteration too: an epoch of the full data set is ~900 of them
-                    iteration = epoch * total + progress.batches
-                    writer.add_scalar("iteration/train_loss", step.loss, iteration)
-                    writer.add_scalar("iteration/train_acc", step.correct / max(step.n, 1), iteration)
-                    writer.add_scalar("iteration/chip_wait_s", step.chip_wait_s, iteration)
-                stopping = stop is not None and stop.is_set()
-                if stopping or (progress.batches < total and time.perf_counter() - saved >= cfg.checkpoint_every_s):
+            in_step = False
+            try:
+                for batch in bar:
+                    in_step = True
+                    step = method.step(batch, chip)
+                    in_step = False
+                    progress.add(step)
+                    bar.set_postfix(loss=f"{progress.loss_sum / progress.seen:.3f}", acc=f"{progress.correct / progress.seen:.3f}",
+                                   refresh=False)
+                    if writer is not None:  # per iteration too: an epoch of the full data set is ~900 of them
+                        iteration = epoch * total + progress.batches
+                        writer.add_scalar("iteration/train_loss", step.loss, iteration)
+                        writer.add_scalar("iteration/train_acc", step.correct / max(step.n, 1), iteration)
+                        writer.add_scalar("iteration/chip_wait_s", step.chip_wait_s, iteration)
+                    stopping = stop is not None and stop.is_set()
+                    if stopping or (progress.batches < total and time.perf_counter() - saved >= cfg.checkpoint_every_s):
+                        progress.elapsed_s += time.perf_counter() - t_epoch
+                        t_epoch = saved = time.perf_counter()
+                        _save_checkpoint(
+                            ckpt_path, cfg, data, epoch - 1, method, history, saved - started, in_epoch=progress
+                        )
+                        if stopping:
+                            bar.close()
+                            raise RunStopped(ckpt_path, f"after batch {progress.batches} of {total} in epoch {epoch + 1}")
+                method.prepare_export(calib)
+                final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
+            except RunStopped:
+                raise
+            except Exception:
+                # A failure between steps (a sample that cannot be decoded, the chip gone while
+                # validating) keeps the epoch's training so far: --resume continues from there.
+                # One inside a step may have moved the weights past what ``progress`` counts.
+                if not in_step and progress.batches > progress_at_start:
                     progress.elapsed_s += time.perf_counter() - t_epoch
-                    t_epoch = saved = time.perf_counter()
                     _save_checkpoint(
-                        ckpt_path, cfg, data, epoch - 1, method, history, saved - started, in_epoch=progress
+                        ckpt_path, cfg, data, epoch - 1, method, history, time.perf_counter() - started,
+                        in_epoch=progress,
                     )
-                    if stopping:
-                        bar.close()
-                        raise RunStopped(ckpt_path, f"after batch {progress.batches} of {total} in epoch {epoch + 1}")
-            method.prepare_export(calib)
-            final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
+                raise
             row = {
                 "epoch": epoch,
                 "train_loss": progress.loss_sum / max(progress.seen, 1),
