@@ -28,6 +28,7 @@ from chiploop.training.chip import open_chip  # noqa: E402
 from chiploop.training.config import TrainConfig  # noqa: E402
 from chiploop.training.device import resolve_device  # noqa: E402
 from chiploop.training.methods import make_method  # noqa: E402
+from workloads import positive_int  # noqa: E402
 
 #: What is timed: (label, method, substitute_hidden); None is the method's default.
 VARIANTS = (("bptt", "bptt", None), ("cil-bptt", "cil-bptt", None), ("cil-bptt, outputs only", "cil-bptt", ()))
@@ -50,6 +51,9 @@ def measure(args, ds, chips: dict) -> dict:
     see the same machine load; the first iteration of each is a warm-up."""
     readout = readout_for(args.bins, TrainConfig().duration_us)
     batches = list(iterate_batches(ds, np.arange(len(ds)), readout, args.batch_size, shuffle=True, seed=1, drop_last=True))
+    if len(batches) < 2:
+        raise SystemExit(f"batch {args.batch_size} leaves {len(batches)} full batch(es) of {len(ds)} samples: need 2 (a warm-up)")
+    args.iterations = min(args.iterations, len(batches) - 1)  # what is measured, as printed
     methods = {label: build(name, hidden, args, ds, chips[label]) for label, name, hidden in VARIANTS}
     times: dict[str, list[float]] = {label: [] for label in methods}
     waits: dict[str, list[float]] = {label: [] for label in methods}
@@ -74,12 +78,12 @@ def measure(args, ds, chips: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--iterations", type=int, default=14)  # all 15 bundled batches of 64, less the warm-up
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--bins", type=int, default=5)
+    p.add_argument("--iterations", type=positive_int, default=14)  # all 15 bundled batches of 64, less the warm-up
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--bins", type=positive_int, default=5)
     p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--workers", type=int, default=1, help="local daemon workers")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads")
+    p.add_argument("--workers", type=positive_int, default=1, help="local daemon workers")
     p.add_argument("--chip", action="append", default=[], help="daemon address(es); default: a local daemon")
     p.add_argument("--device", default="auto", help="where torch trains (auto: a CUDA GPU if there is one)")
     args = p.parse_args()
@@ -91,7 +95,8 @@ def main() -> None:
         r = measure(args, ds, chips)
     print(f"batch {args.batch_size}, T={args.bins}, width {args.width:g}, torch on {resolve_device(args.device)} "
           f"with {args.threads} thread(s), "
-          f"daemon workers {args.workers}, median of {args.iterations} interleaved iterations")
+          f"{'daemons ' + ', '.join(args.chip) if args.chip else f'local daemon workers {args.workers}'}, "
+          f"median of {args.iterations} interleaved iterations")
     base = r["bptt"]["median"]
     for label, _, _ in VARIANTS:
         x = r[label]

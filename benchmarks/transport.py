@@ -32,7 +32,7 @@ from chiploop.events import DVS_EVENT_DTYPE
 from chiploop.run import Readout, pack_samples
 from chiploop.spec import InputLayer, Layer, NetworkSpec
 from chiploop.v1 import chiploop_pb2 as pb
-from workloads import CALIBRATION_READOUT, calibrate, random_weights
+from workloads import CALIBRATION_READOUT, CALIBRATION_SAMPLES, calibrate, positive_int, random_weights
 
 MiB = 1 << 20
 
@@ -83,7 +83,7 @@ def batch_benchmark(chip: ChipClient, samples, repeats: int) -> None:
     request_mb = sum(s.nbytes for s in samples) / 1e6
     print(f"batch: {len(samples)} N-MNIST samples, {sum(s.size for s in samples)} events ({request_mb:.2f} MB)")
     weights = random_weights()
-    cal_events, cal_offsets = pack_samples(samples[:8])
+    cal_events, cal_offsets = pack_samples(samples[:CALIBRATION_SAMPLES])
     thresholds = calibrate(weights, cal_events, cal_offsets, CALIBRATION_READOUT, rate=0.03)
     realistic = NMNIST_PAPER.spec(weights, thresholds)
     networks = {
@@ -152,11 +152,13 @@ def throughput_benchmark(chip: ChipClient, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--address", help="a running daemon (default: start a local one)")
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--data", default=None, help="N-MNIST folder (default: the bundled samples)")
     args = parser.parse_args()
     data = NMNIST(args.data or default_data_dir())
+    if args.samples > len(data):
+        parser.error(f"--samples {args.samples}: the data holds {len(data)}")
     samples = [data[i][0] for i in range(args.samples)]
 
     with contextlib.ExitStack() as stack:

@@ -4,12 +4,29 @@ with random int8 weights whose thresholds are calibrated to a realistic firing r
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 from chiploop.architectures import NMNIST_PAPER
 from chiploop.data.nmnist import default_data_dir, read_nmnist_bin
 from chiploop.errors import ResourceExhausted
 from chiploop.run import Readout
 from chiploop_server.sim import SimNetwork, run_batch
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: the benchmarks' counts (samples, bins, repeats, threads) are >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+#: The samples the firing rate is calibrated on (the first ones of a batch).
+CALIBRATION_SAMPLES = 4
 
 #: The bins the firing rate is calibrated on (benchmarks/simulator.py's defaults).
 CALIBRATION_READOUT = Readout(bin_us=10_000, num_bins=30)
