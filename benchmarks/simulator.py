@@ -22,7 +22,7 @@ from chiploop.architectures import NMNIST_PAPER
 from chiploop.data.frames import trim_events
 from chiploop.run import Readout, pack_samples
 from chiploop_server.sim import SimNetwork, run_batch
-from workloads import CALIBRATION_SAMPLES, calibrate, load_samples, positive_int, random_weights
+from workloads import calibrate, calibration_batch, load_samples, positive_int, random_weights
 
 
 def sinabs_model(spec, batch: int):
@@ -99,7 +99,7 @@ def main() -> None:
     events, offsets = pack_samples(samples)
     weights = random_weights()
     started = time.perf_counter()
-    cal_events, cal_offsets = pack_samples(samples[:CALIBRATION_SAMPLES])
+    cal_events, cal_offsets = calibration_batch(samples, readout)
     thresholds = calibrate(weights, cal_events, cal_offsets, readout, args.rate)
     spec = NMNIST_PAPER.spec(weights, thresholds)
     net = SimNetwork.from_spec(spec)

@@ -32,7 +32,7 @@ from chiploop.events import DVS_EVENT_DTYPE
 from chiploop.run import Readout, pack_samples
 from chiploop.spec import InputLayer, Layer, NetworkSpec
 from chiploop.v1 import chiploop_pb2 as pb
-from workloads import CALIBRATION_READOUT, CALIBRATION_SAMPLES, calibrate, positive_int, random_weights
+from workloads import CALIBRATION_READOUT, calibrate, calibration_batch, positive_int, random_weights
 
 MiB = 1 << 20
 
@@ -83,7 +83,7 @@ def batch_benchmark(chip: ChipClient, samples, repeats: int) -> None:
     request_mb = sum(s.nbytes for s in samples) / 1e6
     print(f"batch: {len(samples)} N-MNIST samples, {sum(s.size for s in samples)} events ({request_mb:.2f} MB)")
     weights = random_weights()
-    cal_events, cal_offsets = pack_samples(samples[:CALIBRATION_SAMPLES])
+    cal_events, cal_offsets = calibration_batch(samples)
     thresholds = calibrate(weights, cal_events, cal_offsets, CALIBRATION_READOUT, rate=0.03)
     realistic = NMNIST_PAPER.spec(weights, thresholds)
     networks = {

@@ -8,9 +8,10 @@ import argparse
 
 import numpy as np
 from chiploop.architectures import NMNIST_PAPER
+from chiploop.data.frames import trim_events
 from chiploop.data.nmnist import default_data_dir, read_nmnist_bin
 from chiploop.errors import ResourceExhausted
-from chiploop.run import Readout
+from chiploop.run import Readout, pack_samples
 from chiploop_server.sim import SimNetwork, run_batch
 
 
@@ -30,6 +31,12 @@ CALIBRATION_SAMPLES = 4
 
 #: The bins the firing rate is calibrated on (benchmarks/simulator.py's defaults).
 CALIBRATION_READOUT = Readout(bin_us=10_000, num_bins=30)
+
+
+def calibration_batch(samples: list[np.ndarray], readout: Readout = CALIBRATION_READOUT) -> tuple[np.ndarray, np.ndarray]:
+    """The first CALIBRATION_SAMPLES samples cut to ``readout``'s window, packed: what a layer's
+    firing rate is calibrated on, the same in every benchmark."""
+    return pack_samples([trim_events(s, readout) for s in samples[:CALIBRATION_SAMPLES]])
 
 
 def load_samples(n: int) -> list[np.ndarray]:

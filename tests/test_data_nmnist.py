@@ -136,3 +136,11 @@ def test_timestamp_overflow_markers_extend_time_like_the_authors_reader():
     tonic_dtype = np.dtype([("x", int), ("y", int), ("t", int), ("p", int)])
     xytp = tonic_io.read_mnist_file(io.BytesIO(raw), tonic_dtype, is_stream=True)
     np.testing.assert_array_equal(xytp["t"], ev["t"])
+
+
+def test_labels_csv_names_files_with_or_without_their_suffix_in_any_case(tmp_path):
+    (tmp_path / "1.BIN").write_bytes(encode([1], [2], [1], [5]))
+    (tmp_path / "2.bin").write_bytes(encode([1], [2], [1], [6]))
+    (tmp_path / "labels.csv").write_text("sample,label\n1.BIN,5\n2,0\n")
+    ds = NMNIST(tmp_path)
+    assert [f.name for f in ds.files] == ["1.BIN", "2.bin"] and list(ds.labels) == [5, 0]

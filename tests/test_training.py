@@ -458,6 +458,17 @@ def test_an_out_that_cannot_hold_the_run_or_holds_one_is_refused_before_anything
         main(["experiment", "--folds", "all", "--fold", "2", "--out", str(tmp_path / "cv")])
 
 
+def test_experiment_resume_with_other_settings_is_refused_before_any_method_trains_on(tmp_path):
+    for method in ("bptt", "cil-bptt"):
+        (tmp_path / method).mkdir()
+        saved = TrainConfig(method=method, out=str(tmp_path / method)).check().to_dict()
+        torch.save({"config": saved, "epoch": 0, "method": {}, "history": []}, tmp_path / method / "checkpoint.pt")
+    before = (tmp_path / "bptt" / "checkpoint.pt").read_bytes()
+    with pytest.raises(InvalidArgument, match="substitute_hidden: is \\(\\) but .*cil-bptt/checkpoint.pt was trained with"):
+        run_experiment(TrainConfig(out=str(tmp_path), resume=True, substitute_hidden=()), ["bptt", "cil-bptt"])
+    assert (tmp_path / "bptt" / "checkpoint.pt").read_bytes() == before  # bptt did not train on first
+
+
 def test_warm_up_epochs_are_held_to_each_planned_runs_own_epochs(tmp_path):
     base = TrainConfig(out=str(tmp_path), pretrain_epochs=10).check()  # the base's 8 epochs are nobody's
     base.extra["epochs"] = {"bptt": 15, "cil-bptt": 15}

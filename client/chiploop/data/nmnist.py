@@ -127,7 +127,7 @@ def _read_labels_csv(folder: Path) -> tuple[list[Path], np.ndarray]:
                 raise InvalidArgument(f"{folder / 'labels.csv'}:{line}.label", f"not an integer: {row['label']!r}") from None
             if not 0 <= label < NUM_CLASSES:
                 raise InvalidArgument(f"{folder / 'labels.csv'}:{line}.label", f"must be 0..9, got {label}")
-            files.append(folder / (name if name.endswith(".bin") else f"{name}.bin"))
+            files.append(folder / (name if name.lower().endswith(".bin") else f"{name}.bin"))
             labels.append(label)
     return files, np.asarray(labels, np.int64)
 

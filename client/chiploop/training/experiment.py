@@ -25,7 +25,14 @@ from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 from chiploop.training.device import resolve_device
 from chiploop.training.evaluate import EvalResult, paired_margin, pool_results
-from chiploop.training.trainer import TrainResult, check_folder, check_out, make_folder, train
+from chiploop.training.trainer import (
+    TrainResult,
+    check_folder,
+    check_out,
+    check_resumable,
+    make_folder,
+    train,
+)
 
 #: Relative cost of one epoch with its validation (bptt = 1, about 25 s on the bundled data,
 #: 2 shared cores, T=5): the ANN routes see one summed frame but their converted SNNs are
@@ -154,6 +161,7 @@ def check_plan(bases: list[TrainConfig], methods: list[str] | None, budget_min: 
         for cfg in plan(base, methods, budget_min).values():
             cfg.check().check_applies()
             check_out(cfg)
+            check_resumable(cfg)
     return methods
 
 

@@ -174,6 +174,20 @@ def _check_same(cfg: TrainConfig, saved: TrainConfig, path: Path, names: tuple[s
             )
 
 
+def check_resumes_as_saved(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
+    """Refuse to resume the run in ``path`` with other settings (compared as its method uses them:
+    runs before f5b5d73 recorded options their method ignores)."""
+    saved = TrainConfig.from_dict(ckpt["config"]).for_its_method()
+    _check_same(cfg, saved, path, RESUME_FIELDS, "; use another --out or the same settings to resume")
+
+
+def check_resumable(cfg: TrainConfig) -> None:
+    """``check_resumes_as_saved`` before anything trains, when ``cfg`` resumes a run."""
+    if _resumes(cfg):
+        path = Path(cfg.out) / CHECKPOINT
+        check_resumes_as_saved(cfg, load_checkpoint(path), path)
+
+
 def _resumes(cfg: TrainConfig) -> bool:
     """Whether the run continues from the checkpoint in its ``out`` folder."""
     return cfg.resume and (Path(cfg.out) / CHECKPOINT).is_file()
@@ -348,10 +362,7 @@ def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop
     ckpt_path = out / CHECKPOINT
     if _resumes(cfg):
         ckpt = load_checkpoint(ckpt_path)
-        _check_same(
-            cfg, TrainConfig.from_dict(ckpt["config"]).for_its_method(), ckpt_path, RESUME_FIELDS,
-            "; use another --out or the same settings to resume",
-        )
+        check_resumes_as_saved(cfg, ckpt, ckpt_path)
         check_trained_on(ckpt, np.asarray(ds.labels), cfg, ckpt_path, "point --data at the samples it trained on")
         method.load_state_dict(ckpt["method"])
         # The time limit and the reported time span every session of the run: a run the limit
