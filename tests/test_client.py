@@ -306,6 +306,17 @@ def test_close_lets_runs_under_way_finish_and_leaves_no_pool_thread(nmnist_sampl
             assert not [t for t in threading.enumerate() if t.name.startswith("chiploop-client")]
 
 
+def test_a_full_device_queue_is_waited_out_not_failed(nmnist_samples):
+    """A batch's pipelined chunks alone fill a queue of 1: the client tries them again later."""
+    from chiploop_server.config import DaemonConfig
+    from chiploop_server.daemon import Daemon
+
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_queue=1, warm_up=False)) as daemon:
+        with ChipClient(daemon.address, max_chunk_bytes=1024, max_in_flight=4, retries=0) as chip:
+            model = chip.deploy(small_spec()).model_id
+            assert chip.run(model, nmnist_samples, READOUT).num_samples == len(nmnist_samples)
+
+
 def test_a_daemon_that_comes_up_while_the_client_retries_is_reached():
     from chiploop_server.local import LocalDaemon
 

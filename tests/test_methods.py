@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from chiploop.data import NMNIST, make_batch, readout_for
 from chiploop.errors import InvalidArgument
 from chiploop.export import export_spec
+from chiploop.run import Readout
 from chiploop.training.chip import ChipPool
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.evaluate_checkpoint import EVAL_ADVICE
@@ -174,3 +175,47 @@ def test_a_batch_split_across_two_daemons_equals_one_daemon(daemon, chip, batch)
     np.testing.assert_array_equal(one.counts[5], two.counts[5])
     np.testing.assert_array_equal(one.membranes[5], two.membranes[5])
     np.testing.assert_array_equal(one.output_offsets, two.output_offsets)
+
+
+def test_a_pool_deploys_its_network_again_where_a_daemon_lost_it(nmnist_samples):
+    """Evicted by another user's models (max_models 1), or gone with a restarted daemon: the pool
+    deploys the network it holds, with every update since, and the run goes on as if nothing happened."""
+    import socket
+    import threading
+
+    from chiploop_server.config import DaemonConfig
+    from chiploop_server.daemon import Daemon
+    from conftest import small_spec
+
+    spec, readout = small_spec(threshold=8), Readout(bin_us=100_000, num_bins=3)
+    louder = {1: np.clip(spec.layers[1].weights.astype(np.int16) + 2, -128, 127).astype(np.int8)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = DaemonConfig(address=f"127.0.0.1:{port}", max_models=1, warm_up=False)
+    with Daemon(config) as daemon:
+        mine, theirs = ChipPool([daemon.address]), ChipPool([daemon.address])
+        mine.deploy(spec)
+        theirs.deploy(small_spec(seed=1))  # evicts mine
+        first = mine.run(nmnist_samples[:4], readout)
+        theirs.deploy(small_spec(seed=2))
+        mine.update_weights(louder)  # its base is gone: the whole updated network goes again
+        theirs.deploy(small_spec(seed=3))
+        second = mine.run(nmnist_samples[:4], readout)
+    restarted = Daemon(config)
+    threading.Timer(1.0, restarted.start).start()  # down for a second, back without any model
+    try:
+        third = mine.run(nmnist_samples[:4], readout)
+    finally:
+        restarted.stop(grace=0)
+        mine.close()
+        theirs.close()
+    with Daemon(DaemonConfig(address="127.0.0.1:0", warm_up=False)) as fresh:
+        alone = ChipPool([fresh.address])
+        alone.deploy(spec)
+        np.testing.assert_array_equal(first.counts[1], alone.run(nmnist_samples[:4], readout).counts[1])
+        alone.update_weights(louder)
+        expected = alone.run(nmnist_samples[:4], readout).counts[1]
+        alone.close()
+    np.testing.assert_array_equal(second.counts[1], expected)
+    np.testing.assert_array_equal(third.counts[1], expected)

@@ -35,6 +35,7 @@ from chiploop.training.trainer import (
     load_checkpoint,
     split_indices,
     train,
+    training_into,
 )
 from conftest import needs_data
 
@@ -488,6 +489,15 @@ def test_runs_recorded_before_ignored_options_were_refused_still_start_others(tm
 def test_a_run_records_its_data_folder_so_eval_finds_it_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert TrainConfig(data="nmnist").check().data == str(tmp_path / "nmnist")
+
+
+def test_a_folder_a_run_is_training_into_is_refused_to_a_second_run(tmp_path):
+    with training_into(tmp_path):
+        with pytest.raises(InvalidArgument, match="is in use: another run is training into it now"):
+            with training_into(tmp_path):
+                pass
+    with training_into(tmp_path):  # released with the first run
+        pass
 
 
 def test_a_split_that_leaves_either_side_empty_is_refused():

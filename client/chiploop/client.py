@@ -32,6 +32,7 @@ import numpy as np
 from chiploop import wire
 from chiploop.errors import (
     ERROR_CLASSES,
+    QUEUE_FULL,
     BackendUnavailable,
     ChiploopError,
     DeadlineExceeded,
@@ -186,22 +187,31 @@ class ChipClient:
         return time.monotonic() + (self.timeout if timeout is None else checked_timeout(timeout))
 
     def _call(self, method: Callable[..., T], request: Any, deadline: float, idempotent: bool = True) -> T:
-        attempts = 1 + (self.retries if idempotent else 0)
-        for attempt in range(attempts):
+        """``method(request)`` within ``deadline``. An idempotent call is tried again after a backoff:
+        up to ``retries`` times when the daemon is unavailable, and as long as the deadline allows
+        when its device queue is full (congestion: a shared chip, or this client's own chunks)."""
+        unavailable = waits = 0
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DeadlineExceeded(f"{self.address}: the call's timeout passed before attempt {attempt + 1}")
+                raise DeadlineExceeded(f"{self.address}: the call's timeout passed before attempt {waits + 1}")
             try:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
-                    delay = min(MAX_BACKOFF_S, self.backoff_s * (2**attempt))
-                    delay *= 0.5 + random.random()  # jitter: clients that failed together retry apart
-                    if time.monotonic() + delay < deadline:  # else no time is left to retry in
-                        time.sleep(delay)
-                        continue
-                raise error_from_rpc(exc, self.address) from None
-        raise AssertionError("unreachable")
+                code = exc.code()
+                queue_full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and QUEUE_FULL in (exc.details() or "")
+                if code == grpc.StatusCode.UNAVAILABLE and unavailable < self.retries:
+                    unavailable += 1
+                elif not queue_full:
+                    raise error_from_rpc(exc, self.address) from None
+                if not idempotent:
+                    raise error_from_rpc(exc, self.address) from None
+                delay = min(MAX_BACKOFF_S, self.backoff_s * (2**waits))
+                delay *= 0.5 + random.random()  # jitter: clients that failed together retry apart
+                waits += 1
+                if time.monotonic() + delay >= deadline:  # no time is left to try again in
+                    raise error_from_rpc(exc, self.address) from None
+                time.sleep(delay)
 
     def info(self, timeout: float | None = None) -> ChipInfo:
         r = self._call(self._stub.GetInfo, pb.GetInfoRequest(), self._deadline(timeout))

@@ -85,6 +85,10 @@ class Cancelled(ChiploopError):
     grpc_code_name = "CANCELLED"
 
 
+#: How a full device queue's refusal (ResourceExhausted) begins: the client waits and tries again
+#: (congestion), which it does not for the other ResourceExhausted (a message too large).
+QUEUE_FULL = "the device queue is full"
+
 ERROR_CLASSES: dict[str, type[ChiploopError]] = {
     cls.grpc_code_name: cls
     for cls in (

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Protocol
 
-from chiploop.errors import BackendUnavailable, DeadlineExceeded, ResourceExhausted
+from chiploop.errors import QUEUE_FULL, BackendUnavailable, DeadlineExceeded, ResourceExhausted
 
 from chiploop_server.devices.base import Device
 from chiploop_server.jobs import Job
@@ -101,7 +101,7 @@ class Scheduler:
                 self._queue.discard(self._dead)  # callers that went away hold no place
             if len(self._queue) >= self.max_queue:
                 raise ResourceExhausted(
-                    f"the device queue is full ({self.max_queue} jobs waiting); retry later"
+                    f"{QUEUE_FULL} ({self.max_queue} jobs waiting); retry later"
                 )
             job.submitted_at = time.monotonic()
             self._queue.push(job)

@@ -16,9 +16,14 @@ from typing import Protocol
 
 import numpy as np
 
-from chiploop.errors import FailedPrecondition, InvalidArgument
+from chiploop.errors import FailedPrecondition, InvalidArgument, NotFound
+from chiploop.limits import apply_layer_updates
 from chiploop.run import Readout, RunResult
 from chiploop.spec import NetworkSpec
+
+#: UNAVAILABLE answers a daemon's client tries again after (backoff 0.1 s doubling to 2 s): about
+#: 30 s, long enough for a daemon restart (a few seconds) not to end a training run.
+RESTART_RETRIES = 20
 
 #: How long one batch may take on a daemon, queue included (a board runs ~0.3 s per N-MNIST
 #: sample in real time, and a shared chip has a queue): past it the trainer fails, not hangs.
@@ -66,16 +71,26 @@ class PendingRun:
 
 
 class ChipPool:
-    """Several daemons used as one chip (a batch is split across them)."""
+    """Several daemons used as one chip (a batch is split across them).
+
+    It keeps the network it deployed, with every update applied, so that a daemon that lost it
+    (evicted by other users' models on a shared daemon, or restarted) gets it deployed again: a
+    NOT_FOUND is answered by deploying the current network (content-hashed: the same id) and
+    trying once more. A daemon that is briefly unavailable (a restart) is waited for.
+    """
 
     def __init__(self, addresses: Sequence[str]) -> None:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
         from chiploop.client import ChipClient  # noqa: PLC0415 - grpc only where a chip is used
 
         if not addresses:
             raise InvalidArgument("chip", "needs at least one daemon address")
         self.addresses = tuple(addresses)
-        self.clients = [ChipClient(a, timeout=BATCH_TIMEOUT_S) for a in self.addresses]
+        self.clients = [ChipClient(a, timeout=BATCH_TIMEOUT_S, retries=RESTART_RETRIES) for a in self.addresses]
         self.model_ids: list[str] = []
+        self.spec: NetworkSpec | None = None  # as deployed, with every update since
+        self._runs = ThreadPoolExecutor(max_workers=len(self.clients), thread_name_prefix="chiploop-pool")
 
     @property
     def model_id(self) -> str:
@@ -85,34 +100,46 @@ class ChipPool:
 
     def deploy(self, spec: NetworkSpec) -> str:
         self.model_ids = [c.deploy(spec).model_id for c in self.clients]
+        self.spec = spec
         return self.model_id
 
     def update_weights(self, weights: dict[int, np.ndarray | dict]) -> str:
         """Incremental update of the deployed network (same ids on every daemon: content hashes)."""
-        if not self.model_ids:
+        from chiploop.wire import normalize_updates  # noqa: PLC0415 - protobuf only where a daemon is used
+
+        if not self.model_ids or self.spec is None:
             raise FailedPrecondition("update_weights before any deploy")
-        self.model_ids = [c.update_weights(m, weights) for c, m in zip(self.clients, self.model_ids, strict=True)]
+        self.spec, _ = apply_layer_updates(self.spec, normalize_updates(weights))
+        ids = []
+        for client, model_id in zip(self.clients, self.model_ids, strict=True):
+            try:
+                ids.append(client.update_weights(model_id, weights))
+            except NotFound:  # the base is gone from that daemon: deploy the whole network there
+                ids.append(client.deploy(self.spec).model_id)
+        self.model_ids = ids
         return self.model_id
+
+    def _run_on(self, k: int, samples: list[np.ndarray], readout: Readout) -> RunResult:
+        try:
+            return self.clients[k].run(self.model_ids[k], samples, readout=readout)
+        except NotFound:
+            self.model_ids[k] = self.clients[k].deploy(self.spec).model_id
+            return self.clients[k].run(self.model_ids[k], samples, readout=readout)
 
     def run_async(self, samples: list[np.ndarray], readout: Readout) -> PendingRun:
         """Start the batch on every daemon (one contiguous chunk each) and return at once."""
         if not self.model_ids:
             raise FailedPrecondition("run before any deploy")
         spans = contiguous_spans(len(samples), len(self.clients))
-        futures = [
-            self.clients[k].run_async(self.model_ids[k], samples[a:b], readout=readout)
-            for k, (a, b) in enumerate(spans)
-        ]
-        return PendingRun(futures)
+        return PendingRun([self._runs.submit(self._run_on, k, samples[a:b], readout) for k, (a, b) in enumerate(spans)])
 
     def run(self, samples: list[np.ndarray], readout: Readout) -> RunResult:
         return self.run_async(samples, readout).result()
 
     def close(self) -> None:
+        self._runs.shutdown(wait=True)
         for c in self.clients:
-            close = getattr(c, "close", None)
-            if close is not None:
-                close()
+            c.close()
 
 
 class InProcessChip:

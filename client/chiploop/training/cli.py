@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 
 from chiploop.architectures import NEURON_KINDS, READOUT_KINDS
-from chiploop.errors import InvalidArgument
+from chiploop.errors import BackendUnavailable, DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted
 from chiploop.training.config import METHOD_NAMES, TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -162,6 +162,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RunStopped as exc:
             print(f"chiploop train: {exc}", file=sys.stderr)
             return 128 + stop.signum  # how a shell reports a process the signal ended
+        except (BackendUnavailable, DeadlineExceeded, NotFound, ResourceExhausted):
+            # The chip failed the run (a daemon gone for good, a queue that stayed full): say where it can go on.
+            checkpoint = os.path.join(cfg.out, "checkpoint.pt")
+            if os.path.isfile(checkpoint):
+                print(f"chiploop train: the run's last checkpoint is {checkpoint}; the same command with --resume "
+                      "continues from it", file=sys.stderr)
+            raise
     f = result.final
     print(json.dumps({"method": cfg.method, "out": str(result.out), "epochs": len(result.history), **f.as_dict()}, indent=2))
     return 0

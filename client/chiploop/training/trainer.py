@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ from chiploop.training.evaluate import EvalResult, evaluate
 from chiploop.training.methods import Method, StepResult, make_method
 
 CHECKPOINT = "checkpoint.pt"
+LOCK_FILE = ".lock"
 TENSORBOARD = "tb"
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_acc", "val_software", "val_sync_float", "val_sync_int", "val_chip",
@@ -106,6 +108,18 @@ def check_out(cfg: TrainConfig) -> None:
         raise InvalidArgument(
             "out", f"{out} holds a run already ({CHECKPOINT}): --resume continues it, --overwrite replaces it"
         )
+
+
+@contextlib.contextmanager
+def training_into(out: Path) -> Iterator[None]:
+    """Hold ``out`` for this run: a second run started into it meanwhile is refused (before its
+    first checkpoint, nothing else would show that the folder is taken)."""
+    with open(out / LOCK_FILE, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidArgument("out", f"{out} is in use: another run is training into it now") from None
+        yield  # closing the file releases the lock, also if this process dies
 
 
 def make_folder(path: str | Path) -> Path:
@@ -311,7 +325,7 @@ def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | No
         if chip is None and needs_chip:
             chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers))
         with backend_advice(BACKEND_ADVICE):
-            return _train(cfg, chip, initial_model, stop)
+            return _train(cfg, chip, initial_model, stop, stack)
 
 
 #: What to train with when a backend refuses part of what the loop asks of it (the samna backends
@@ -344,13 +358,17 @@ def backend_advice(advice_by_field: dict[str, str]) -> Iterator[None]:
         raise advised from exc
 
 
-def _train(cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop: threading.Event | None) -> TrainResult:
+def _train(
+    cfg: TrainConfig, chip: Chip | None, initial_model: dict | None, stop: threading.Event | None,
+    cleanup: contextlib.ExitStack,
+) -> TrainResult:
     started = time.perf_counter()
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg)
     train_idx, val_idx = split_indices(cfg, np.asarray(ds.labels))
     out = make_out(cfg)  # once the settings and the data have passed: a refusal leaves no folder
+    cleanup.enter_context(training_into(out))
     data = data_fingerprint(np.asarray(ds.labels))
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
