@@ -219,3 +219,21 @@ def test_a_pool_deploys_its_network_again_where_a_daemon_lost_it(nmnist_samples)
         alone.close()
     np.testing.assert_array_equal(second.counts[1], expected)
     np.testing.assert_array_equal(third.counts[1], expected)
+
+
+def test_a_batch_runs_on_the_network_it_was_submitted_to(daemon, nmnist_samples):
+    from conftest import small_spec
+
+    spec, readout = small_spec(threshold=8), Readout(bin_us=100_000, num_bins=3)
+    louder = {1: np.clip(spec.layers[1].weights.astype(np.int16) + 2, -128, 127).astype(np.int8)}
+    pool = ChipPool([daemon.address])
+    try:
+        pool.deploy(spec)
+        before = pool.run(nmnist_samples[:4], readout)
+        busy = pool.run_async(nmnist_samples * 4, readout)  # the pool's one thread is on it
+        waiting = pool.run_async(nmnist_samples[:4], readout)
+        pool.update_weights(louder)
+        busy.result()
+        np.testing.assert_array_equal(waiting.result().counts[1], before.counts[1])
+    finally:
+        pool.close()

@@ -496,6 +496,13 @@ def test_a_folder_a_run_is_training_into_is_refused_to_a_second_run(tmp_path):
         with pytest.raises(InvalidArgument, match="is in use: another run is training into it now"):
             with training_into(tmp_path):
                 pass
+        # Not even --overwrite: and the running run's TensorBoard events stay.
+        (tmp_path / "tb").mkdir()
+        (tmp_path / "tb" / "events.1").write_text("")
+        cfg = TrainConfig(method="bptt", out=str(tmp_path), overwrite=True, chip=("inprocess",), **TINY)
+        with pytest.raises(InvalidArgument, match="is in use"):
+            train(cfg)
+        assert (tmp_path / "tb" / "events.1").exists()
     with training_into(tmp_path):  # released with the first run
         pass
 

@@ -166,7 +166,9 @@ class ChipClient:
         self.retries = max(0, int(retries))
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.max_in_flight = max(1, int(max_in_flight))
-        self.backoff_s = backoff_s
+        if not 0 < backoff_s <= MAX_BACKOFF_S:
+            raise InvalidArgument("backoff_s", f"must be in (0, {MAX_BACKOFF_S}] seconds, got {backoff_s}")
+        self.backoff_s = float(backoff_s)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ChipStub(self._channel)

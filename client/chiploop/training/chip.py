@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -28,6 +28,10 @@ RESTART_RETRIES = 20
 #: How long one batch may take on a daemon, queue included (a board runs ~0.3 s per N-MNIST
 #: sample in real time, and a shared chip has a queue): past it the trainer fails, not hangs.
 BATCH_TIMEOUT_S = 600.0
+
+
+if TYPE_CHECKING:
+    from chiploop.client import ChipClient
 
 
 class Chip(Protocol):
@@ -109,29 +113,34 @@ class ChipPool:
 
         if not self.model_ids or self.spec is None:
             raise FailedPrecondition("update_weights before any deploy")
-        self.spec, _ = apply_layer_updates(self.spec, normalize_updates(weights))
+        spec, _ = apply_layer_updates(self.spec, normalize_updates(weights))
         ids = []
         for client, model_id in zip(self.clients, self.model_ids, strict=True):
             try:
                 ids.append(client.update_weights(model_id, weights))
             except NotFound:  # the base is gone from that daemon: deploy the whole network there
-                ids.append(client.deploy(self.spec).model_id)
-        self.model_ids = ids
+                ids.append(client.deploy(spec).model_id)
+        # Only once every daemon holds it: a failed update leaves the pool as it was.
+        self.spec, self.model_ids = spec, ids
         return self.model_id
 
-    def _run_on(self, k: int, samples: list[np.ndarray], readout: Readout) -> RunResult:
+    def _run_on(self, client: ChipClient, model_id: str, spec: NetworkSpec, samples: list[np.ndarray],
+                readout: Readout) -> RunResult:  # fmt: skip
+        """One daemon's chunk on the network as it was when the batch was submitted."""
         try:
-            return self.clients[k].run(self.model_ids[k], samples, readout=readout)
-        except NotFound:
-            self.model_ids[k] = self.clients[k].deploy(self.spec).model_id
-            return self.clients[k].run(self.model_ids[k], samples, readout=readout)
+            return client.run(model_id, samples, readout=readout)
+        except NotFound:  # content-hashed: deploying ``spec`` again gives ``model_id`` back
+            return client.run(client.deploy(spec).model_id, samples, readout=readout)
 
     def run_async(self, samples: list[np.ndarray], readout: Readout) -> PendingRun:
         """Start the batch on every daemon (one contiguous chunk each) and return at once."""
-        if not self.model_ids:
+        if not self.model_ids or self.spec is None:
             raise FailedPrecondition("run before any deploy")
         spans = contiguous_spans(len(samples), len(self.clients))
-        return PendingRun([self._runs.submit(self._run_on, k, samples[a:b], readout) for k, (a, b) in enumerate(spans)])
+        return PendingRun([
+            self._runs.submit(self._run_on, self.clients[k], self.model_ids[k], self.spec, samples[a:b], readout)
+            for k, (a, b) in enumerate(spans)
+        ])  # fmt: skip
 
     def run(self, samples: list[np.ndarray], readout: Readout) -> RunResult:
         return self.run_async(samples, readout).result()

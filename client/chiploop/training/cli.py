@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 from chiploop.architectures import NEURON_KINDS, READOUT_KINDS
@@ -156,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args, method=args.method, epochs=args.epochs, out=args.out, resume=args.resume,
                   init_from=args.init_from)
+    started = time.time()
     with stop_on_signals("train") as stop:
         try:
             result = train(cfg, stop=stop)
@@ -165,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except (BackendUnavailable, DeadlineExceeded, NotFound, ResourceExhausted):
             # The chip failed the run (a daemon gone for good, a queue that stayed full): say where it can go on.
             checkpoint = os.path.join(cfg.out, "checkpoint.pt")
-            if os.path.isfile(checkpoint):
+            if os.path.isfile(checkpoint) and os.path.getmtime(checkpoint) >= started:  # this run's, not one it replaces
                 print(f"chiploop train: the run's last checkpoint is {checkpoint}; the same command with --resume "
                       "continues from it", file=sys.stderr)
             raise

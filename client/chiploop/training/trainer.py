@@ -132,9 +132,11 @@ def make_folder(path: str | Path) -> Path:
     return out
 
 
-def make_out(cfg: TrainConfig) -> Path:
-    """The run's folder, created; an overwritten run's TensorBoard events go with it."""
+def take_out(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> Path:
+    """The run's folder, created and held (``training_into``) until ``cleanup`` closes; only once
+    it is held do an overwritten run's TensorBoard events go (another run may be writing them)."""
     out = make_folder(cfg.out)
+    cleanup.enter_context(training_into(out))
     if cfg.overwrite and not _resumes(cfg):
         shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
     return out
@@ -367,8 +369,7 @@ def _train(
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg)
     train_idx, val_idx = split_indices(cfg, np.asarray(ds.labels))
-    out = make_out(cfg)  # once the settings and the data have passed: a refusal leaves no folder
-    cleanup.enter_context(training_into(out))
+    out = take_out(cfg, cleanup)  # once the settings and the data have passed: a refusal leaves no folder
     data = data_fingerprint(np.asarray(ds.labels))
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
