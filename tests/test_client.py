@@ -174,6 +174,18 @@ def test_sessions_belong_to_their_user(daemon, nmnist_samples):
                 bob.read_outputs(stream.session_id)
 
 
+def test_a_client_given_no_token_takes_the_environments(daemon, nmnist_samples, monkeypatch):
+    monkeypatch.setenv("CHIPLOOP_TOKEN", "alice")
+    with ChipClient(daemon.address) as alice, ChipClient(daemon.address, token="bob") as bob:
+        model = alice.deploy(small_spec()).model_id
+        with alice.stream(model, READOUT) as stream:
+            stream.send(nmnist_samples[0][:100])
+            with pytest.raises(NotFound, match="session_id"):
+                bob.read_outputs(stream.session_id)
+            with ChipClient(daemon.address, token="alice") as also_alice:
+                assert also_alice.read_outputs(stream.session_id).counters[0] == 100
+
+
 def test_an_unknown_model_ends_the_stream_with_not_found_and_leaves_no_thread_behind(client):
     before = threading.active_count()
     for _ in range(5):

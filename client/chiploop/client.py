@@ -15,6 +15,7 @@ several at a time, and the results joined in order.
 
 from __future__ import annotations
 
+import os
 import queue
 import random
 import threading
@@ -110,6 +111,9 @@ def error_from_rpc(exc: grpc.RpcError, address: str = "") -> ChiploopError:
     return cls(details)
 
 
+#: The environment variable a client takes its bearer token from when given none.
+ENV_TOKEN = "CHIPLOOP_TOKEN"
+
 #: The longest timeout a call takes (about three years): gRPC reads a larger one as expired.
 MAX_TIMEOUT_S = 1e8
 
@@ -169,6 +173,9 @@ class ChipClient:
         if not 0 < backoff_s <= MAX_BACKOFF_S:
             raise InvalidArgument("backoff_s", f"must be in (0, {MAX_BACKOFF_S}] seconds, got {backoff_s}")
         self.backoff_s = float(backoff_s)
+        # From the environment by default: every entry point (train, eval, experiment, info) gets it,
+        # and it stays out of command lines, config.json and checkpoints.
+        token = os.environ.get(ENV_TOKEN) or None if token is None else token
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ChipStub(self._channel)
