@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -237,3 +238,18 @@ def test_a_batch_runs_on_the_network_it_was_submitted_to(daemon, nmnist_samples)
         np.testing.assert_array_equal(waiting.result().counts[1], before.counts[1])
     finally:
         pool.close()
+
+
+def test_a_pool_on_an_address_where_no_daemon_answers_fails_at_once():
+    import socket
+
+    from chiploop.errors import BackendUnavailable
+    from chiploop.training.chip import CONNECT_TIMEOUT_S
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match=f"127.0.0.1:{port}"):
+        ChipPool([f"127.0.0.1:{port}"])
+    assert time.monotonic() - started < CONNECT_TIMEOUT_S + 5  # not the ~30 s a restart is given

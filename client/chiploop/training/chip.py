@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from chiploop.errors import FailedPrecondition, InvalidArgument, NotFound
+from chiploop.errors import ChiploopError, FailedPrecondition, InvalidArgument, NotFound
 from chiploop.limits import apply_layer_updates
 from chiploop.run import Readout, RunResult
 from chiploop.spec import NetworkSpec
@@ -24,6 +24,9 @@ from chiploop.spec import NetworkSpec
 #: UNAVAILABLE answers a daemon's client tries again after (backoff 0.1 s doubling to 2 s): about
 #: 30 s, long enough for a daemon restart (a few seconds) not to end a training run.
 RESTART_RETRIES = 20
+
+#: How long a pool waits for each daemon to answer when it is made.
+CONNECT_TIMEOUT_S = 10.0
 
 #: How long one batch may take on a daemon, queue included (a board runs ~0.3 s per N-MNIST
 #: sample in real time, and a shared chip has a queue): past it the trainer fails, not hangs.
@@ -92,6 +95,12 @@ class ChipPool:
             raise InvalidArgument("chip", "needs at least one daemon address")
         self.addresses = tuple(addresses)
         self.clients = [ChipClient(a, timeout=BATCH_TIMEOUT_S, retries=RESTART_RETRIES) for a in self.addresses]
+        for client in self.clients:  # a mistyped address fails now, not after a restart's patience
+            try:
+                client.info(timeout=CONNECT_TIMEOUT_S)
+            except ChiploopError:
+                self.close_clients()
+                raise
         self.model_ids: list[str] = []
         self.spec: NetworkSpec | None = None  # as deployed, with every update since
         self._runs = ThreadPoolExecutor(max_workers=len(self.clients), thread_name_prefix="chiploop-pool")
@@ -147,6 +156,9 @@ class ChipPool:
 
     def close(self) -> None:
         self._runs.shutdown(wait=True)
+        self.close_clients()
+
+    def close_clients(self) -> None:
         for c in self.clients:
             c.close()
 
