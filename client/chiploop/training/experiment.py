@@ -130,10 +130,13 @@ def run_experiment(
     budget_min: float = 25.0,
     chip: Chip | None = None,
     stop: threading.Event | None = None,
+    checked: bool = False,
 ) -> dict[str, TrainResult]:
     """Every method on one chip: ``chip`` if given (left open), else one opened from ``base.chip``.
-    ``stop``: as for ``train`` (the method in progress stops, checkpointed; ``resume`` continues)."""
-    methods = check_plan([base], methods, budget_min)
+    ``stop``: as for ``train`` (the method in progress stops, checkpointed; ``resume`` continues).
+    ``checked``: ``methods`` is what ``check_plan`` returned for a plan that holds this one."""
+    if not checked:
+        methods = check_plan([base], methods, budget_min)
     configs = plan(base, methods, budget_min)
     out = make_folder(base.out)
     results: dict[str, TrainResult] = {}
@@ -204,7 +207,9 @@ def _seed_variants(base: TrainConfig, seeds: list[int]) -> dict[int, TrainConfig
     return {s: replace(base, seed=s, out=str(Path(base.out) / f"seed{s}")) for s in seeds}
 
 
-def _fold_variants(base: TrainConfig, folds: list[int]) -> dict[int, TrainConfig]:
+def _fold_variants(base: TrainConfig, folds: list[int] | None) -> dict[int, TrainConfig]:
+    """``None``: every fold of ``base``'s split."""
+    folds = list(range(num_folds(base.val_fraction))) if folds is None else folds
     if not folds:
         raise InvalidArgument("folds", "give at least one fold")
     for k in folds:
@@ -219,15 +224,15 @@ def run_folds(
     budget_min: float = 25.0,
     stop: threading.Event | None = None,
     chip: Chip | None = None,
+    checked: bool = False,
 ) -> dict[int, dict[str, TrainResult]]:
     """k-fold cross-validation: the experiment once per validation fold of ``base.seed``'s split
     (``None``: all ``1/val_fraction`` of them, so every sample is validated exactly once), each in
     ``out/fold<k>/``, then ``folds.md``/``folds.json``, as for seeds plus the accuracies and CIL
     margins pooled over every validated sample, with the margin's standard error."""
-    folds = list(range(num_folds(base.val_fraction))) if folds is None else folds
     variants = _fold_variants(base, folds)
     every_sample = covers_every_sample(base, folds)
-    return _run_repeats(Path(base.out), variants, methods, budget_min, "fold", stop, chip, every_sample)
+    return _run_repeats(Path(base.out), variants, methods, budget_min, "fold", stop, chip, every_sample, checked)
 
 
 def covers_every_sample(base: TrainConfig, folds: list[int] | None) -> bool:
@@ -249,13 +254,12 @@ def run_cv(
     "cil-bptt beats bptt on the chip" on every bundled sample, several times over)."""
     out = Path(base.out)
     by_seed_cfg = _seed_variants(base, seeds)
-    all_folds = list(range(num_folds(base.val_fraction))) if folds is None else folds
-    check_plan([v for cfg in by_seed_cfg.values() for v in _fold_variants(cfg, all_folds).values()], methods, budget_min)
+    methods = check_plan([v for cfg in by_seed_cfg.values() for v in _fold_variants(cfg, folds).values()], methods, budget_min)
     by_seed: dict[int, dict[int, dict[str, TrainResult]]] = {}
     pooled: dict[int, dict[str, TrainResult]] = {}
     with _open_chip_for(base) as chip:  # one daemon for every seed and fold
         for seed, cfg in by_seed_cfg.items():
-            by_seed[seed] = run_folds(cfg, methods, folds, budget_min, stop, chip)
+            by_seed[seed] = run_folds(cfg, methods, folds, budget_min, stop, chip, checked=True)
             runs = list(by_seed[seed].values())
             pooled[seed] = {m: replace(runs[0][m], final=pool_results([r[m].final for r in runs])) for m in runs[0]}
             write_repeat_table(out, pooled, "cv", covers_every_sample(base, folds))
@@ -271,15 +275,17 @@ def _run_repeats(
     stop: threading.Event | None,
     chip: Chip | None = None,
     every_sample: bool = True,
+    checked: bool = False,
 ) -> dict[int, dict[str, TrainResult]]:
-    check_plan(list(variants.values()), methods, budget_min)
+    if not checked:  # once, by whoever starts the plan: it loads every resumed run's checkpoint
+        methods = check_plan(list(variants.values()), methods, budget_min)
     first = next(iter(variants.values()))
     results: dict[int, dict[str, TrainResult]] = {}
     with contextlib.ExitStack() as stack:
         if chip is None:  # one daemon for every repeat
             chip = stack.enter_context(_open_chip_for(first))
         for key, cfg in variants.items():
-            results[key] = run_experiment(cfg, methods, budget_min, chip=chip, stop=stop)
+            results[key] = run_experiment(cfg, methods, budget_min, chip=chip, stop=stop, checked=True)
             write_repeat_table(out, results, kind, every_sample)
     return results
 
