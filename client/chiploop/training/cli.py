@@ -153,7 +153,7 @@ def _limit_threads(n: int) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
-    from chiploop.training.trainer import RunStopped, train  # noqa: PLC0415 - torch import only when used
+    from chiploop.training.trainer import CHECKPOINT, RunStopped, train  # noqa: PLC0415 - torch import only when used
 
     cfg = _config(args, method=args.method, epochs=args.epochs, out=args.out, resume=args.resume,
                   init_from=args.init_from)
@@ -166,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 128 + stop.signum  # how a shell reports a process the signal ended
         except (BackendUnavailable, DeadlineExceeded, NotFound, ResourceExhausted):
             # The chip failed the run (a daemon gone for good, a queue that stayed full): say where it can go on.
-            checkpoint = os.path.join(cfg.out, "checkpoint.pt")
+            checkpoint = os.path.join(cfg.out, CHECKPOINT)
             if os.path.isfile(checkpoint) and os.path.getmtime(checkpoint) >= started:  # this run's, not one it replaces
                 print(f"chiploop train: the run's last checkpoint is {checkpoint}; the same command with --resume "
                       "continues from it", file=sys.stderr)
