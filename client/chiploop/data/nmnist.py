@@ -133,23 +133,29 @@ def _read_labels_csv(folder: Path) -> tuple[list[Path], np.ndarray]:
 
 
 def _read_digit_folders(folder: Path) -> tuple[list[Path], np.ndarray]:
-    files, labels, missing = [], [], []
+    files, labels = [], []
     for digit in range(NUM_CLASSES):
         try:
             found = [f for f in (folder / str(digit)).iterdir() if f.suffix.lower() == ".bin"]
         except OSError:  # missing, not a folder, a symlink loop
             found = []
-        if not found:
-            missing.append(digit)
         for f in sorted(found, key=_natural_key):
             files.append(f)
             labels.append(digit)
-    if files and missing:  # no files at all is refused by the caller, saying where it looked
+    labels = np.asarray(labels, np.int64)
+    check_every_digit(labels, folder)
+    return files, labels
+
+
+def check_every_digit(labels: np.ndarray, folder: Path) -> None:
+    """Refuse a digit-folder layout (chiploop's or tonic's) that lacks some digit's samples: an
+    incomplete copy. No samples at all is the caller's to refuse, saying where it looked."""
+    missing = sorted(set(range(NUM_CLASSES)) - set(labels.tolist()))
+    if labels.size and missing:
         raise InvalidArgument(
             "data", f"no samples of digit(s) {', '.join(map(str, missing))} under {folder} (missing or empty "
             "digit folders: an incomplete copy of N-MNIST?)",
         )
-    return files, np.asarray(labels, np.int64)
 
 
 def _natural_key(path: Path) -> tuple[int, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chiploop.data.nmnist import CachedEvents, check_files, check_on_sensor, check_split
+from chiploop.data.nmnist import CachedEvents, check_every_digit, check_files, check_on_sensor, check_split
 from chiploop.errors import BackendUnavailable, InvalidArgument
 from chiploop.events import DVS_EVENT_DTYPE
 
@@ -74,11 +74,9 @@ class TonicNMNIST(CachedEvents):
             raise InvalidArgument("data", f"tonic cannot list {folder}: {exc}") from None
         self.files = [Path(f) for f in self._ds.data]  # tonic's order: lexicographic per digit
         self.labels = np.asarray([int(t) for t in self._ds.targets], np.int64)
-        missing = sorted(set(range(self.num_classes)) - set(self.labels.tolist()))
-        if missing:
-            raise InvalidArgument(
-                "data", f"no samples of digit(s) {', '.join(map(str, missing))} under {folder} (an incomplete copy?)"
-            )
+        if not self.files:
+            raise InvalidArgument("data", f"no samples found in {folder}")
+        check_every_digit(self.labels, folder)
         check_files(self.files)
 
     def _decode(self, index: int) -> np.ndarray:
