@@ -402,6 +402,15 @@ def _train(
     augment = Augment(cfg.shift, cfg.drop) if cfg.augment else None
     writer = _tensorboard(out)
     final: EvalResult | None = None
+
+    def save_inside_epoch(progress: EpochProgress, epoch: int, t_epoch: float) -> float:
+        """A checkpoint of the epoch's training so far (``t_epoch``: when this process took up its
+        time keeping); returns now, the time keeping's new start."""
+        now = time.perf_counter()
+        progress.elapsed_s += now - t_epoch
+        _save_checkpoint(ckpt_path, cfg, data, epoch - 1, method, history, now - started, in_epoch=progress)
+        return now
+
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
@@ -445,11 +454,7 @@ def _train(
                         writer.add_scalar("iteration/chip_wait_s", step.chip_wait_s, iteration)
                     stopping = stop is not None and stop.is_set()
                     if stopping or (progress.batches < total and time.perf_counter() - saved >= cfg.checkpoint_every_s):
-                        progress.elapsed_s += time.perf_counter() - t_epoch
-                        t_epoch = saved = time.perf_counter()
-                        _save_checkpoint(
-                            ckpt_path, cfg, data, epoch - 1, method, history, saved - started, in_epoch=progress
-                        )
+                        t_epoch = saved = save_inside_epoch(progress, epoch, t_epoch)
                         if stopping:
                             bar.close()
                             raise RunStopped(ckpt_path, f"after batch {progress.batches} of {total} in epoch {epoch + 1}")
@@ -462,11 +467,7 @@ def _train(
                 # validating) keeps the epoch's training so far: --resume continues from there.
                 # One inside a step may have moved the weights past what ``progress`` counts.
                 if not in_step and progress.batches > progress_at_start:
-                    progress.elapsed_s += time.perf_counter() - t_epoch
-                    _save_checkpoint(
-                        ckpt_path, cfg, data, epoch - 1, method, history, time.perf_counter() - started,
-                        in_epoch=progress,
-                    )
+                    save_inside_epoch(progress, epoch, t_epoch)
                 raise
             row = {
                 "epoch": epoch,
