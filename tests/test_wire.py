@@ -9,7 +9,13 @@ import pytest
 from chiploop import wire
 from chiploop.architectures import NMNIST_PAPER
 from chiploop.errors import InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, make_dvs_events
+from chiploop.events import (
+    CHIP_EVENT_DTYPE,
+    DVS_EVENT_DTYPE,
+    concatenate_events,
+    make_dvs_events,
+    take_events,
+)
 from chiploop.limits import SPECK, ChipLimits
 from chiploop.run import Readout, RunResult
 from chiploop.spec import InputLayer, Layer, NetworkSpec
@@ -258,3 +264,33 @@ def test_events_survive_a_full_request_roundtrip():
     wire.encode_array(events, req.events)
     got = wire.decode_array(pb.RunRequest.FromString(req.SerializeToString()).events, "events", DVS_EVENT_DTYPE, 1)
     np.testing.assert_array_equal(got, events)
+
+
+# ---------------------------------------------------------------- event copies
+
+
+def test_event_copies_as_bytes_equal_numpys_field_by_field_copies():
+    rng = np.random.default_rng(0)
+    n = 1000
+    events = make_dvs_events(rng.integers(0, 34, n), rng.integers(0, 34, n), rng.integers(0, 2, n), rng.integers(0, 10**12, n))
+    parts = [events[:10], events[10:10], events[::-3], events[500:]]  # empty and strided parts too
+    joined = concatenate_events(parts)
+    assert joined.dtype == DVS_EVENT_DTYPE and joined.flags.writeable
+    assert np.array_equal(joined, np.concatenate(parts))
+    mask = events["t"] % 3 == 0
+    order = np.argsort(events["t"], kind="stable")
+    assert np.array_equal(take_events(events, mask), events[mask])
+    assert np.array_equal(take_events(events[::2], order[:400] // 2), events[::2][order[:400] // 2])
+    chip = np.zeros(5, CHIP_EVENT_DTYPE)
+    chip["t"] = np.arange(5)
+    assert np.array_equal(concatenate_events([chip, chip[::-1]]), np.concatenate([chip, chip[::-1]]))
+    copied = concatenate_events([events])
+    copied["x"] = 0
+    assert events["x"].any()  # a copy, never a view
+
+
+def test_event_copies_refuse_mixed_dtypes_instead_of_reading_one_as_the_other():
+    with pytest.raises(TypeError, match="dtype"):
+        concatenate_events([np.zeros(2, DVS_EVENT_DTYPE), np.zeros(2, np.dtype([("a", "V13")]))])
+    with pytest.raises(ValueError, match="at least one"):
+        concatenate_events([])

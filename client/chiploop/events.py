@@ -7,6 +7,8 @@ dtype for events everywhere).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -24,6 +26,27 @@ MAX_TIME_US = 1 << 60
 CHIP_EVENT_DTYPE = np.dtype(
     [("layer", "<i2"), ("k", "<i2"), ("y", "<i2"), ("x", "<i2"), ("t", "<i8")]
 )
+
+
+def _raw(events: np.ndarray) -> np.ndarray:
+    # The same bytes as opaque records: numpy copies those as memory, while it copies a
+    # structured dtype field by field per element (25-30 ns an event here, 15-30x slower).
+    return events.view(np.dtype((np.void, events.dtype.itemsize)))
+
+
+def concatenate_events(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.concatenate`` for event arrays of one structured dtype, at the speed of copying bytes."""
+    if not parts:
+        raise ValueError("concatenate_events needs at least one array (its dtype is the result's)")
+    dtype = parts[0].dtype
+    if any(part.dtype != dtype for part in parts):
+        raise TypeError(f"concatenate_events: every array must have dtype {dtype}")
+    return np.concatenate([_raw(part) for part in parts]).view(dtype)
+
+
+def take_events(events: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``events[index]`` (an integer or boolean index: a copy) at the speed of copying bytes."""
+    return _raw(events)[index].view(events.dtype)
 
 
 def make_dvs_events(x: ArrayLike, y: ArrayLike, p: ArrayLike, t: ArrayLike) -> np.ndarray:

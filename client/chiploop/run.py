@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from chiploop.errors import InvalidArgument, check_int
-from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, MAX_TIME_US
+from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, MAX_TIME_US, concatenate_events
 
 if TYPE_CHECKING:
     from chiploop.spec import NetworkSpec
@@ -106,7 +106,7 @@ class RunResult:
             offsets.append(p.output_offsets[1:] + base)
             base += int(p.output_offsets[-1])
         return RunResult(
-            output_events=np.concatenate([p.output_events for p in parts]).astype(CHIP_EVENT_DTYPE, copy=False),
+            output_events=concatenate_events([p.output_events.astype(CHIP_EVENT_DTYPE, copy=False) for p in parts]),
             output_offsets=np.concatenate(offsets),
             counts={k: np.concatenate([p.counts[k] for p in parts]) for k in parts[0].counts},
             membranes={k: np.concatenate([p.membranes[k] for p in parts]) for k in parts[0].membranes},
@@ -173,7 +173,7 @@ def pack_samples(samples: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(samples) + 1, np.int64)
     offsets[1:] = np.cumsum([len(s) for s in samples])
     if samples:
-        events = np.concatenate(samples)
+        events = concatenate_events(samples)
     else:
         events = np.zeros(0, DVS_EVENT_DTYPE)
     return events, offsets

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chiploop.events import take_events
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -21,14 +23,14 @@ class Augment:
     def __call__(self, events: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = events
         if self.drop > 0:
-            out = out[rng.random(len(out)) >= self.drop]
+            out = take_events(out, rng.random(len(out)) >= self.drop)
         if self.max_shift > 0:
             dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
             x = out["x"].astype(np.int64) + dx
             y = out["y"].astype(np.int64) + dy
             height, width = self.sensor_size
             keep = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-            out = out[keep]  # boolean indexing copies: the cached sample is never touched
+            out = take_events(out, keep)  # a copy: the cached sample is never touched
             out["x"] = x[keep]
             out["y"] = y[keep]
         return out

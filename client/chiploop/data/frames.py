@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from chiploop.errors import InvalidArgument
+from chiploop.events import concatenate_events
 from chiploop.run import Readout
 
 
@@ -45,7 +46,7 @@ def bin_batch(
     lengths = np.fromiter((len(s) for s in samples), np.int64, count=n)
     if n == 0:
         return np.zeros((0, num_bins, channels, height, width), np.float32)
-    ev = np.concatenate(samples) if n > 1 else samples[0]
+    ev = concatenate_events(samples) if n > 1 else samples[0]
     if channels == 2 and ev.size and int(ev["p"].max()) > 1:
         # A polarity of 2 would index the next bin's (or sample's) frame; the chip refuses it too.
         raise InvalidArgument("events.p", f"polarity must be 0 or 1, got {int(ev['p'].max())}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from chiploop.errors import InvalidArgument
-from chiploop.events import DVS_EVENT_DTYPE
+from chiploop.events import DVS_EVENT_DTYPE, take_events
 
 #: (height, width) of the ATIS recordings of N-MNIST.
 NMNIST_SENSOR_SIZE: tuple[int, int] = (34, 34)
@@ -70,7 +70,7 @@ def decode_nmnist_bytes(raw: bytes | np.ndarray, source: str = "data") -> np.nda
     t = events["t"]
     if t.size > 1 and (t[1:] < t[:-1]).any():
         # Recordings are time-ordered; a stable sort keeps ties in arrival order if one is not.
-        events = events[np.argsort(t, kind="stable")]
+        events = take_events(events, np.argsort(t, kind="stable"))
     return events
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from chiploop.data.nmnist import CachedEvents, check_every_digit, check_files, check_on_sensor, check_split
 from chiploop.errors import BackendUnavailable, InvalidArgument
-from chiploop.events import DVS_EVENT_DTYPE
+from chiploop.events import DVS_EVENT_DTYPE, take_events
 
 
 def tonic_available() -> bool:
@@ -30,7 +30,7 @@ def to_dvs_events(tonic_events: np.ndarray) -> np.ndarray:
     for name in ("x", "y", "p", "t"):
         out[name] = tonic_events[name]
     if len(out) > 1 and (out["t"][1:] < out["t"][:-1]).any():
-        out = out[np.argsort(out["t"], kind="stable")]
+        out = take_events(out, np.argsort(out["t"], kind="stable"))
     return out
 
 

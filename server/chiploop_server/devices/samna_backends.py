@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from chiploop.errors import BackendUnavailable, InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events
+from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events, concatenate_events
 from chiploop.limits import SPECK
 from chiploop.run import COUNTER_NAMES, Readout, RunResult, bin_counts
 from chiploop.spec import NetworkSpec
@@ -170,7 +170,7 @@ class SamnaDevice(Device):
             counters[i, N_COUNTERS:] = np.bincount(out["layer"], minlength=len(spec.layers))[: len(spec.layers)]
         output_offsets = np.zeros(n + 1, np.int64)
         output_offsets[1:] = np.cumsum([o.size for o in outputs])
-        output_events = np.concatenate(outputs) if outputs else np.zeros(0, CHIP_EVENT_DTYPE)
+        output_events = concatenate_events(outputs) if outputs else np.zeros(0, CHIP_EVENT_DTYPE)
         return RunResult(
             output_events=output_events,
             output_offsets=output_offsets,
@@ -220,7 +220,7 @@ class SamnaSession:
         return out
 
     def output_events(self) -> np.ndarray:
-        return np.concatenate(self._outputs) if self._outputs else np.zeros(0, CHIP_EVENT_DTYPE)
+        return concatenate_events(self._outputs) if self._outputs else np.zeros(0, CHIP_EVENT_DTYPE)
 
     def counts(self) -> dict[int, np.ndarray]:
         events = self.output_events()

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from chiploop.errors import InvalidArgument, ResourceExhausted, check_int
-from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events
+from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events, concatenate_events
 from chiploop.run import COUNTER_NAMES, MAX_WORKERS, Readout, RunResult
 
 from chiploop_server.sim.input_stage import map_input
@@ -194,7 +194,7 @@ def run_batch(
     output_offsets = np.zeros(n + 1, np.int64)
     output_offsets[1:] = np.cumsum([len(o) for o in outputs])
     return RunResult(
-        output_events=np.concatenate(outputs) if n else np.zeros(0, CHIP_EVENT_DTYPE),
+        output_events=concatenate_events(outputs) if n else np.zeros(0, CHIP_EVENT_DTYPE),
         output_offsets=output_offsets,
         counts=unpack_counts(counts, cnt_ofs, cnt_shapes),
         membranes=unpack_snapshots(net, snaps, mem_ofs, readout),

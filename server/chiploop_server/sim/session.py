@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from chiploop.errors import InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE, MAX_TIME_US, check_dvs_events
+from chiploop.events import CHIP_EVENT_DTYPE, MAX_TIME_US, check_dvs_events, concatenate_events
 from chiploop.run import Readout
 
 from chiploop_server.sim.batch import (
@@ -115,8 +115,8 @@ class SimSession:
         if not self._outputs:
             return np.zeros(0, CHIP_EVENT_DTYPE)
         if len(self._outputs) > 1:
-            self._outputs = [np.concatenate(self._outputs)]
-        return self._outputs[0].copy()
+            self._outputs = [concatenate_events(self._outputs)]
+        return concatenate_events(self._outputs)  # a copy: the caller may keep or change it
 
     def counts(self) -> dict[int, np.ndarray]:
         """Spike counts in the readout's bins per output or monitored layer: int32 [T, f] (or [T, f, H, W])."""
