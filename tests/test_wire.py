@@ -92,6 +92,7 @@ def test_wrong_event_dtype_is_refused_naming_the_field():
         ('[["x"]]', [1], b"", "a.dtype", "not a \\[name, dtype\\] pair"),
         ('[["x","<i2"],["x","<i2"]]', [1], b"", "a.dtype", "twice"),
         ('[["x","O"]]', [1], b"", "a.dtype", "not a bool"),
+        ("<i1", [0, 2**62, 2**62, 2**62], b"", "a.shape", "too big for an array"),
     ],
 )
 def test_malformed_arrays_are_refused_naming_the_field(dtype, shape, data, field, match):

@@ -161,7 +161,11 @@ def decode_array(
             f"{field}.data",
             f"holds {len(data)} bytes, shape {shape} of {_describe(got)} needs {count * got.itemsize}",
         )
-    return np.frombuffer(data, dtype=got, count=count).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=got, count=count).reshape(shape)
+    except ValueError:
+        # An empty array may claim any other sizes, past what numpy can index.
+        raise InvalidArgument(f"{field}.shape", f"is too big for an array: {shape}") from None
 
 
 def decode_optional_array(parent: Any, name: str, field: str, **checks: Any) -> np.ndarray | None:
