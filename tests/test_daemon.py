@@ -262,6 +262,21 @@ def test_a_response_over_the_limit_is_split_by_the_client(small_daemon, daemon, 
     np.testing.assert_array_equal(result.output_events, expected.output_events)
 
 
+def test_a_response_over_the_limit_by_its_framing_alone_is_refused_by_the_daemon(daemon):
+    one = make_dvs_events([1], [1], [0], [0])
+    readout = Readout(bin_us=1, num_bins=100, membrane_layers=(0,))  # 51 KB of membranes from one event
+    with ChipClient(daemon.address) as chip:
+        result = chip.run(chip.deploy(small_spec()).model_id, [one], readout)
+    arrays = (result.output_events, result.output_offsets, result.counters, *result.counts.values(),
+              *result.membranes.values())  # fmt: skip
+    settings = DaemonConfig(address="127.0.0.1:0", max_message_bytes=sum(a.nbytes for a in arrays), warm_up=False)
+    with Daemon(settings) as tight, ChipClient(tight.address, retries=0) as chip:
+        model = chip.deploy(small_spec()).model_id
+        with pytest.raises(ResourceExhausted, match="for 1 samples: send fewer samples per call"):
+            chip.run(model, [one], readout)  # said by the daemon, not by gRPC after the work
+        assert chip.run(model, [one], Readout()).num_samples == 1
+
+
 def wait_until_running(daemon: Daemon, events: int, seconds: float = 30.0) -> None:
     """Until the device runs a job of ``events`` events."""
     deadline = time.monotonic() + seconds

@@ -251,14 +251,12 @@ class ChipServicer(pb_grpc.ChipServicer):
             context, "run", user, lambda device: device.run(model.handle, events, offsets, readout), size=events.size
         )
         t3 = time.perf_counter()
-        size = _result_bytes(result)
-        if size > self.max_message_bytes:
-            # Said before encoding it; the client halves its chunk on "message larger than max".
-            raise ResourceExhausted(
-                f"response message larger than max ({size} vs. {self.max_message_bytes} bytes) for "
-                f"{offsets.size - 1} samples: send fewer samples per call"
-            )
+        # Said by the daemon rather than by gRPC; the client halves its chunk on "message larger
+        # than max". The arrays' bytes are checked before encoding (no copy of what cannot go),
+        # the message's own size after (its framing adds some bytes per array).
+        self._check_response_size(_result_bytes(result), offsets.size - 1)
         response = wire.encode_run_result(result, model.model_id)
+        self._check_response_size(response.ByteSize(), offsets.size - 1)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "Run %s: %d samples, %d events; decode %.2f ms, checks %.2f ms, device %.2f ms "
@@ -267,6 +265,13 @@ class ChipServicer(pb_grpc.ChipServicer):
                 1e3 * (t3 - t2), 1e3 * result.compute_seconds, 1e3 * (time.perf_counter() - t3),
             )  # fmt: skip
         return response
+
+    def _check_response_size(self, size: int, samples: int) -> None:
+        if size > self.max_message_bytes:
+            raise ResourceExhausted(
+                f"response message larger than max ({size} vs. {self.max_message_bytes} bytes) for "
+                f"{samples} samples: send fewer samples per call"
+            )
 
     # ------------------------------------------------------------ stream sessions
 
