@@ -329,6 +329,45 @@ def test_a_full_device_queue_is_waited_out_not_failed(nmnist_samples):
             assert chip.run(model, nmnist_samples, READOUT).num_samples == len(nmnist_samples)
 
 
+def test_grpcs_own_concurrent_call_limit_is_waited_out_like_a_full_queue():
+    """gRPC answers RESOURCE_EXHAUSTED by itself when a server holds ``maximum_concurrent_rpcs``
+    calls. The daemon sizes that limit so that only an overload reaches it, which a test cannot
+    make happen on cue: here a bare gRPC server with a limit of 1 holds one GetInfo open."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from chiploop.v1 import chiploop_pb2 as pb
+
+    release, entered = threading.Event(), threading.Event()
+
+    def get_info(request, context):
+        entered.set()
+        release.wait(30)
+        return pb.GetInfoResponse(backend="sim")
+
+    handler = grpc.method_handlers_generic_handler("chiploop.v1.Chip", {
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            get_info, pb.GetInfoRequest.FromString, pb.GetInfoResponse.SerializeToString
+        ),
+    })  # fmt: skip
+    server = grpc.server(ThreadPoolExecutor(4), handlers=[handler], maximum_concurrent_rpcs=1)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ChipClient(f"127.0.0.1:{port}", retries=0, backoff_s=0.05, timeout=30) as holder, ChipClient(
+            f"127.0.0.1:{port}", retries=0, backoff_s=0.05, timeout=30
+        ) as waiter:
+            first = threading.Thread(target=holder.info)
+            first.start()
+            assert entered.wait(10)
+            threading.Timer(0.5, release.set).start()
+            assert waiter.info().backend == "sim"  # refused by gRPC while the first call held it
+            first.join(10)
+    finally:
+        release.set()
+        server.stop(0)
+
+
 def test_a_daemon_that_comes_up_while_the_client_retries_is_reached():
     from chiploop_server.local import LocalDaemon
 

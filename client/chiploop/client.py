@@ -32,8 +32,8 @@ import numpy as np
 
 from chiploop import wire
 from chiploop.errors import (
+    CONGESTION,
     ERROR_CLASSES,
-    QUEUE_FULL,
     BackendUnavailable,
     ChiploopError,
     DeadlineExceeded,
@@ -198,7 +198,8 @@ class ChipClient:
     def _call(self, method: Callable[..., T], request: Any, deadline: float, idempotent: bool = True) -> T:
         """``method(request)`` within ``deadline``. An idempotent call is tried again after a backoff:
         up to ``retries`` times when the daemon is unavailable, and as long as the deadline allows
-        when its device queue is full (congestion: a shared chip, or this client's own chunks)."""
+        when it is congested (its device queue is full, or it holds all the calls it has threads
+        for: a shared chip, or this client's own chunks)."""
         unavailable = waits = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -208,10 +209,11 @@ class ChipClient:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 code = exc.code()
-                queue_full = code == grpc.StatusCode.RESOURCE_EXHAUSTED and QUEUE_FULL in (exc.details() or "")
+                details = exc.details() or ""
+                congested = code == grpc.StatusCode.RESOURCE_EXHAUSTED and any(c in details for c in CONGESTION)
                 if code == grpc.StatusCode.UNAVAILABLE and unavailable < self.retries:
                     unavailable += 1
-                elif not queue_full:
+                elif not congested:
                     raise error_from_rpc(exc, self.address) from None
                 if not idempotent:
                     raise error_from_rpc(exc, self.address) from None

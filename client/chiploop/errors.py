@@ -89,6 +89,13 @@ class Cancelled(ChiploopError):
 #: (congestion), which it does not for the other ResourceExhausted (a message too large).
 QUEUE_FULL = "the device queue is full"
 
+#: gRPC's own refusal (ResourceExhausted) when a daemon already holds as many calls as it has
+#: threads for (``maximum_concurrent_rpcs``): congestion as well, waited out the same way.
+RPC_LIMIT = "Concurrent RPC limit exceeded"
+
+#: The ResourceExhausted answers that mean "busy now": anything else (a message too large) is final.
+CONGESTION = (QUEUE_FULL, RPC_LIMIT)
+
 ERROR_CLASSES: dict[str, type[ChiploopError]] = {
     cls.grpc_code_name: cls
     for cls in (
