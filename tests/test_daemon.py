@@ -4,6 +4,7 @@ daemon still serves."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import subprocess
@@ -663,6 +664,30 @@ def test_every_waiting_job_has_a_thread_so_the_queue_refuses_and_health_still_an
                 assert all(wire.decode_run_result(f.result(60)).num_samples == 1 for f in waiting)
         finally:
             release.set()
+
+
+def test_a_full_queue_does_not_refuse_a_streams_chunk_which_would_end_the_stream(nmnist_samples):
+    """Other users' Runs fill the queue; the open stream's next chunk waits its turn instead."""
+    sample = nmnist_samples[0]
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_queue=1, warm_up=False)) as d:
+        with ChipClient(d.address) as chip, grpc.insecure_channel(d.address) as ch:
+            model = chip.deploy(small_spec(threshold=8)).model_id
+            stream = chip.stream(model, Readout())
+            stream.send(sample[:100])
+            release = hold_device(d)
+            try:
+                queued = pb_grpc.ChipStub(ch).Run.future(run_request(model, sample), timeout=60)
+                wait_for(lambda: d.scheduler.depth() == 1, "the run never queued")
+                fed = concurrent.futures.ThreadPoolExecutor(1).submit(stream.send, sample[100:200])
+                wait_for(lambda: d.scheduler.depth() == 2, "the chunk was not queued")
+                release.set()
+                fed.result(30)  # before: RESOURCE_EXHAUSTED, and the stream was over
+                assert wire.decode_run_result(queued.result(30)).num_samples == 1
+                stream.send(sample[200:300])
+                stream.close()
+                assert chip.read_outputs(stream.session_id).counters[0] == 300
+            finally:
+                release.set()
 
 
 def wait_for(condition, what: str, timeout: float = 10.0) -> None:

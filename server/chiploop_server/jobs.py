@@ -31,6 +31,9 @@ class Job:
     future: Future = field(default_factory=Future)
     id: int = field(default_factory=lambda: next(_ids))
     size: int = 0  # the work's size in events, for accounting and a future cost-aware queue
+    # A stream's job: its place was taken when the stream opened (max_streams bounds those), so a
+    # full queue does not refuse it; a refusal would end the stream, and its session with it.
+    reserved: bool = False
     submitted_at: float = 0.0
     started_at: float = 0.0
     finished_at: float = 0.0

@@ -93,13 +93,14 @@ class Scheduler:
         )
 
     def submit(self, job: Job) -> Future:
-        """Queue a job; ResourceExhausted when the queue is full, BackendUnavailable when stopping."""
+        """Queue a job; ResourceExhausted when the queue is full (unless the job is reserved),
+        BackendUnavailable when stopping."""
         with self._cond:
             if self._stopping:
                 raise BackendUnavailable("the daemon is shutting down")
-            if len(self._queue) >= self.max_queue:
+            if not job.reserved and len(self._queue) >= self.max_queue:
                 self._queue.discard(self._dead)  # callers that went away hold no place
-            if len(self._queue) >= self.max_queue:
+            if not job.reserved and len(self._queue) >= self.max_queue:
                 raise ResourceExhausted(
                     f"{QUEUE_FULL} ({self.max_queue} jobs waiting); retry later"
                 )

@@ -166,13 +166,13 @@ class ChipServicer(pb_grpc.ChipServicer):
 
     def _do(
         self, context: grpc.ServicerContext, kind: str, user: str, payload: Callable[[Device], Any], size: int = 0,
-        call: _CallWatch | None = None,
+        call: _CallWatch | None = None, reserved: bool = False,
     ) -> Any:
         """Run ``payload`` on the device's worker within the caller's deadline; return its result."""
         call = call if call is not None else _CallWatch(context)
         if call.ended.is_set():
             raise Cancelled(f"the call ended before the {kind} was queued")
-        job = Job(kind, user, payload, deadline_from(context.time_remaining()), size=size)
+        job = Job(kind, user, payload, deadline_from(context.time_remaining()), size=size, reserved=reserved)
         future = self.scheduler.submit(job)
         call.watch(future)
         return self._wait(job, future, call)
@@ -292,7 +292,8 @@ class ChipServicer(pb_grpc.ChipServicer):
             readout = wire.decode_readout(first.open.readout)
             readout.check(len(model.spec.layers))
             session = self._do(
-                context, "open", user, lambda device: device.open_session(model.handle, readout), call=call
+                context, "open", user, lambda device: device.open_session(model.handle, readout), call=call,
+                reserved=True,
             )
             entry = self.sessions.add(
                 user, model.model_id, readout, model.spec.input.sensor_size, len(model.spec.layers), session
@@ -305,7 +306,8 @@ class ChipServicer(pb_grpc.ChipServicer):
                 check_dvs_events(events, entry.sensor_size, "events")
                 response = pb.StreamResponse(session_id=entry.session_id)
                 out = self._do(
-                    context, "feed", user, functools.partial(_feed, entry, events), size=events.size, call=call
+                    context, "feed", user, functools.partial(_feed, entry, events), size=events.size, call=call,
+                    reserved=True,
                 )
                 wire.encode_array(out, response.output_events, "output_events")
                 response.events_in = entry.events_in
