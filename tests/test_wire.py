@@ -208,6 +208,18 @@ def test_unknown_run_mode_is_refused():
         wire.decode_readout(msg)
 
 
+def test_unset_enums_read_as_the_defaults_and_older_peers_numbers_keep_their_meaning():
+    # Before the UNSPECIFIED values: depth-first and subtract were 0, breadth-first 1, sync 2, zero 1.
+    for number, mode in ((0, "depth_first"), (1, "breadth_first"), (2, "sync"), (3, "depth_first")):
+        assert wire.decode_readout(pb.Readout(num_bins=1, mode=number)).mode == mode
+    layer = wire.encode_network(paper_spec()).layers[0]
+    for number, reset in ((0, "subtract"), (1, "zero"), (2, "subtract")):
+        network = wire.encode_network(paper_spec())
+        network.layers[0].reset = number
+        assert wire.decode_network(network).layers[0].reset == reset
+    assert layer.reset == pb.RESET_MODE_SUBTRACT  # sent explicitly
+
+
 def make_result(n: int = 3, writable_check: bool = False) -> RunResult:
     rng = np.random.default_rng(1)
     events = np.zeros(7, CHIP_EVENT_DTYPE)

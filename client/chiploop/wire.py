@@ -38,14 +38,15 @@ NUMERIC_KINDS = "biuf"
 
 _INT32 = (-(2**31), 2**31 - 1)
 
-_RESET_TO_WIRE = {"subtract": pb.RESET_SUBTRACT, "zero": pb.RESET_ZERO}
-_RESET_FROM_WIRE = {v: k for k, v in _RESET_TO_WIRE.items()}
+# Sent explicitly; UNSPECIFIED (an unset field) reads as the default, as chiploop.v1 says.
+_RESET_TO_WIRE = {"subtract": pb.RESET_MODE_SUBTRACT, "zero": pb.RESET_MODE_ZERO}
+_RESET_FROM_WIRE = {v: k for k, v in _RESET_TO_WIRE.items()} | {pb.RESET_MODE_UNSPECIFIED: "subtract"}
 _MODE_TO_WIRE = {
-    "depth_first": pb.ASYNC_DEPTH_FIRST,
-    "breadth_first": pb.ASYNC_BREADTH_FIRST,
-    "sync": pb.SYNC,
+    "depth_first": pb.RUN_MODE_ASYNC_DEPTH_FIRST,
+    "breadth_first": pb.RUN_MODE_ASYNC_BREADTH_FIRST,
+    "sync": pb.RUN_MODE_SYNC,
 }
-_MODE_FROM_WIRE = {v: k for k, v in _MODE_TO_WIRE.items()}
+_MODE_FROM_WIRE = {v: k for k, v in _MODE_TO_WIRE.items()} | {pb.RUN_MODE_UNSPECIFIED: "depth_first"}
 
 
 # ---------------------------------------------------------------- dtypes

@@ -9,19 +9,23 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class ResetMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    RESET_SUBTRACT: _ClassVar[ResetMode]
-    RESET_ZERO: _ClassVar[ResetMode]
+    RESET_MODE_UNSPECIFIED: _ClassVar[ResetMode]
+    RESET_MODE_ZERO: _ClassVar[ResetMode]
+    RESET_MODE_SUBTRACT: _ClassVar[ResetMode]
 
 class RunMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    ASYNC_DEPTH_FIRST: _ClassVar[RunMode]
-    ASYNC_BREADTH_FIRST: _ClassVar[RunMode]
-    SYNC: _ClassVar[RunMode]
-RESET_SUBTRACT: ResetMode
-RESET_ZERO: ResetMode
-ASYNC_DEPTH_FIRST: RunMode
-ASYNC_BREADTH_FIRST: RunMode
-SYNC: RunMode
+    RUN_MODE_UNSPECIFIED: _ClassVar[RunMode]
+    RUN_MODE_ASYNC_BREADTH_FIRST: _ClassVar[RunMode]
+    RUN_MODE_SYNC: _ClassVar[RunMode]
+    RUN_MODE_ASYNC_DEPTH_FIRST: _ClassVar[RunMode]
+RESET_MODE_UNSPECIFIED: ResetMode
+RESET_MODE_ZERO: ResetMode
+RESET_MODE_SUBTRACT: ResetMode
+RUN_MODE_UNSPECIFIED: RunMode
+RUN_MODE_ASYNC_BREADTH_FIRST: RunMode
+RUN_MODE_SYNC: RunMode
+RUN_MODE_ASYNC_DEPTH_FIRST: RunMode
 
 class Array(_message.Message):
     __slots__ = ("dtype", "shape", "data")
