@@ -165,6 +165,32 @@ def test_a_stream_session_feeds_chunks_reads_resets_and_outlives_its_stream(clie
     assert client.info().sessions_open >= 1
 
 
+def test_outputs_over_the_message_limit_come_in_pages_and_lose_nothing(daemon, nmnist_samples):
+    """A stream's answer and a session's outputs that one message cannot hold are paged."""
+    from chiploop_server.config import DaemonConfig
+    from chiploop_server.daemon import Daemon
+
+    spec = small_spec(threshold=2, monitor=(0,))  # busy, and the hidden layer's spikes come out too
+    chunks = np.array_split(nmnist_samples[0][:2400], 6)  # 5 KB of events each
+    readout = Readout(bin_us=100_000, num_bins=3)
+    with ChipClient(daemon.address) as reference:
+        with reference.stream(reference.deploy(spec).model_id, readout) as stream:
+            expected = [stream.send(chunk) for chunk in chunks]
+            expected_outputs = stream.read_outputs()
+    limit = 8 << 10
+    assert max(e.nbytes for e in expected) > limit and expected_outputs.output_events.nbytes > 4 * limit
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_message_bytes=limit, warm_up=False)) as small:
+        with ChipClient(small.address) as chip:
+            with chip.stream(chip.deploy(spec).model_id, readout) as stream:
+                for chunk, want in zip(chunks, expected, strict=True):
+                    np.testing.assert_array_equal(stream.send(chunk), want)
+                outputs = stream.read_outputs()
+    np.testing.assert_array_equal(outputs.output_events, expected_outputs.output_events)
+    np.testing.assert_array_equal(outputs.counters, expected_outputs.counters)
+    for layer, counts in expected_outputs.counts.items():
+        np.testing.assert_array_equal(outputs.counts[layer], counts)
+
+
 def test_sessions_belong_to_their_user(daemon, nmnist_samples):
     with ChipClient(daemon.address, token="alice") as alice, ChipClient(daemon.address, token="bob") as bob:
         model = alice.deploy(small_spec()).model_id

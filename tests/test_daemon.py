@@ -225,6 +225,22 @@ def test_a_stream_must_open_first_and_feed_sorted_chunks(stub, model_id):
     still_serves(stub, model_id)
 
 
+def test_a_page_of_outputs_from_a_bad_place_is_refused(stub, model_id):
+    opening = pb.StreamRequest(open=pb.StreamOpen(model_id=model_id, readout=wire.encode_readout(Readout())))
+    chunk = pb.StreamRequest(events=wire.encode_array(make_dvs_events([1, 2], [1, 2], [0, 1], [5, 6])))
+    session = list(stub.StreamEvents(iter([opening, chunk]), timeout=10))[0].session_id
+    total = stub.ReadOutputs(pb.SessionRequest(session_id=session), timeout=10).total_events
+    assert stub.ReadOutputs(pb.SessionRequest(session_id=session, from_event=total), timeout=10).total_events == total
+    refused(
+        lambda: stub.ReadOutputs(pb.SessionRequest(session_id=session, from_event=-1), timeout=10),
+        grpc.StatusCode.INVALID_ARGUMENT, "from_event", "must be >= 0",
+    )  # fmt: skip
+    refused(
+        lambda: stub.ReadOutputs(pb.SessionRequest(session_id=session, from_event=total + 1), timeout=10),
+        grpc.StatusCode.FAILED_PRECONDITION, "past the session's", "reset",
+    )  # fmt: skip
+
+
 def test_an_expired_client_deadline_is_deadline_exceeded(daemon, stub, model_id, nmnist_samples):
     with ChipClient(daemon.address, retries=0) as chip:
         with pytest.raises(DeadlineExceeded):

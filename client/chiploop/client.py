@@ -41,7 +41,13 @@ from chiploop.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
-from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, check_dvs_layout, check_offsets
+from chiploop.events import (
+    CHIP_EVENT_DTYPE,
+    DVS_EVENT_DTYPE,
+    check_dvs_layout,
+    check_offsets,
+    concatenate_events,
+)
 from chiploop.limits import ChipLimits
 from chiploop.run import Readout, RunResult, pack_samples
 from chiploop.spec import NetworkSpec
@@ -396,11 +402,23 @@ class ChipClient:
         return ChipStream(self, model_id, Readout() if readout is None else readout, timeout)
 
     def read_outputs(self, session_id: str, timeout: float | None = None) -> SessionOutputs:
-        r = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id), self._deadline(timeout))
+        """Everything the session produced so far; more output events than one message holds
+        come in pages, all within ``timeout``. Counts and counters are those of the first page:
+        events a stream adds meanwhile are left for the next read."""
+        deadline = self._deadline(timeout)
+        first = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id), deadline)
+        pages = [_output_events(first)]
+        have = pages[0].size
+        while have < first.total_events:
+            r = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id, from_event=have), deadline)
+            pages.append(_output_events(r))
+            if pages[-1].size == 0:  # it shrank meanwhile (a reset, then fewer outputs): pages would not join
+                raise FailedPrecondition(f"session {session_id}: its outputs were reset while they were read")
+            have += pages[-1].size
         return SessionOutputs(
-            output_events=np.array(wire.decode_array(r.output_events, "output_events", CHIP_EVENT_DTYPE, 1)),
-            counts={k: np.array(v) for k, v in wire.decode_layer_arrays(r.counts, "counts", np.dtype("<i4")).items()},
-            counters=np.array(wire.decode_array(r.counters, "counters", np.dtype("<i8"), 1)),
+            output_events=concatenate_events(pages)[: max(first.total_events, pages[0].size)],
+            counts={k: np.array(v) for k, v in wire.decode_layer_arrays(first.counts, "counts", np.dtype("<i4")).items()},
+            counters=np.array(wire.decode_array(first.counters, "counters", np.dtype("<i8"), 1)),
         )
 
     def read_membranes(
@@ -444,6 +462,11 @@ class SessionOutputs:
 
 
 _END = object()
+
+
+def _output_events(response: pb.ReadOutputsResponse | pb.StreamResponse) -> np.ndarray:
+    """An answer's chip events, as an array of the caller's own (writable)."""
+    return np.array(wire.decode_array(response.output_events, "output_events", CHIP_EVENT_DTYPE, 1))
 
 
 class ChipStream:
@@ -507,9 +530,14 @@ class ChipStream:
         request = pb.StreamRequest()
         wire.encode_array(events, request.events, "events")
         self._requests.put(request)
-        response = self._next()
+        pages = []
+        while True:  # more than one message holds come in several, `more` set on all but the last
+            response = self._next()
+            pages.append(_output_events(response))
+            if not response.more:
+                break
         self.events_in = response.events_in
-        return np.array(wire.decode_array(response.output_events, "output_events", CHIP_EVENT_DTYPE, 1))
+        return concatenate_events(pages)
 
     def read_outputs(self, timeout: float | None = None) -> SessionOutputs:
         return self._client.read_outputs(self.session_id, timeout)

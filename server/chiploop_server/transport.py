@@ -23,11 +23,12 @@ from chiploop.errors import (
     Cancelled,
     ChiploopError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     Unauthenticated,
 )
-from chiploop.events import DVS_EVENT_DTYPE, check_dvs_events
+from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, check_dvs_events
 from chiploop.v1 import chiploop_pb2 as pb
 from chiploop.v1 import chiploop_pb2_grpc as pb_grpc
 
@@ -43,6 +44,12 @@ log = logging.getLogger("chiploop.transport")
 CALL_POLL_S = 0.25
 
 ANONYMOUS = "anonymous"
+
+#: An Array's bytes beyond its data (dtype text, shape, tags and lengths): 82 for chip events.
+ARRAY_FRAMING_BYTES = 256
+
+#: A StreamResponse's fields but its events (session id, events_in, more), with room to spare.
+STREAM_RESPONSE_FIELDS_BYTES = 128
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -266,6 +273,16 @@ class ChipServicer(pb_grpc.ChipServicer):
             )  # fmt: skip
         return response
 
+    def _events_that_fit(self, other_bytes: int) -> int:
+        """How many chip events one answer carries beside ``other_bytes`` of its other fields."""
+        room = self.max_message_bytes - other_bytes - ARRAY_FRAMING_BYTES
+        if room < CHIP_EVENT_DTYPE.itemsize:
+            raise ResourceExhausted(
+                f"the daemon's max_message_bytes ({self.max_message_bytes}) leaves no room for output events "
+                f"beside {other_bytes} bytes of counts and counters"
+            )
+        return room // CHIP_EVENT_DTYPE.itemsize
+
     def _check_response_size(self, size: int, samples: int) -> None:
         if size > self.max_message_bytes:
             raise ResourceExhausted(
@@ -304,14 +321,19 @@ class ChipServicer(pb_grpc.ChipServicer):
                     raise InvalidArgument("open", "a stream is opened once; every later message carries events")
                 events = wire.decode_array(request.events, "events", dtype=DVS_EVENT_DTYPE, ndim=1)
                 check_dvs_events(events, entry.sensor_size, "events")
-                response = pb.StreamResponse(session_id=entry.session_id)
                 out = self._do(
                     context, "feed", user, functools.partial(_feed, entry, events), size=events.size, call=call,
                     reserved=True,
                 )
-                wire.encode_array(out, response.output_events, "output_events")
-                response.events_in = entry.events_in
-                yield response
+                # The chunk's spikes in as many messages as they need (`more` on all but the last):
+                # one answer over the message limit would end the stream, with the chunk applied.
+                page = self._events_that_fit(STREAM_RESPONSE_FIELDS_BYTES)
+                for start in range(0, max(out.size, 1), page):
+                    response = pb.StreamResponse(
+                        session_id=entry.session_id, events_in=entry.events_in, more=start + page < out.size
+                    )
+                    wire.encode_array(out[start : start + page], response.output_events, "output_events")
+                    yield response
         finally:
             if entry is not None:
                 self.sessions.end_stream(entry.session_id)
@@ -326,11 +348,19 @@ class ChipServicer(pb_grpc.ChipServicer):
             s = entry.session
             return s.output_events(), s.counts(), s.counters()
 
+        if request.from_event < 0:
+            raise InvalidArgument("from_event", f"must be >= 0, got {request.from_event}")
         events, counts, counters = self._do(context, "read_outputs", user, read)
-        response = pb.ReadOutputsResponse()
-        wire.encode_array(events, response.output_events, "output_events")
+        if request.from_event > events.size:
+            raise FailedPrecondition(
+                f"from_event {request.from_event} is past the session's {events.size} output events "
+                "(was it reset while they were read?)"
+            )
+        response = pb.ReadOutputsResponse(total_events=events.size)
         wire.encode_layer_arrays(counts, response.counts, "counts")
         wire.encode_array(np.asarray(counters, np.int64), response.counters, "counters")
+        page = self._events_that_fit(response.ByteSize())
+        wire.encode_array(events[request.from_event : request.from_event + page], response.output_events)
         return response
 
     @_answer_errors

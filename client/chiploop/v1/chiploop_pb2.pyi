@@ -292,32 +292,38 @@ class StreamOpen(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., readout: _Optional[_Union[Readout, _Mapping]] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("session_id", "output_events", "events_in")
+    __slots__ = ("session_id", "output_events", "events_in", "more")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_IN_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     output_events: Array
     events_in: int
-    def __init__(self, session_id: _Optional[str] = ..., output_events: _Optional[_Union[Array, _Mapping]] = ..., events_in: _Optional[int] = ...) -> None: ...
+    more: bool
+    def __init__(self, session_id: _Optional[str] = ..., output_events: _Optional[_Union[Array, _Mapping]] = ..., events_in: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("session_id", "layers")
+    __slots__ = ("session_id", "layers", "from_event")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FROM_EVENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    from_event: int
+    def __init__(self, session_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., from_event: _Optional[int] = ...) -> None: ...
 
 class ReadOutputsResponse(_message.Message):
-    __slots__ = ("output_events", "counts", "counters")
+    __slots__ = ("output_events", "counts", "counters", "total_events")
     OUTPUT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_EVENTS_FIELD_NUMBER: _ClassVar[int]
     output_events: Array
     counts: _containers.RepeatedCompositeFieldContainer[LayerArray]
     counters: Array
-    def __init__(self, output_events: _Optional[_Union[Array, _Mapping]] = ..., counts: _Optional[_Iterable[_Union[LayerArray, _Mapping]]] = ..., counters: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+    total_events: int
+    def __init__(self, output_events: _Optional[_Union[Array, _Mapping]] = ..., counts: _Optional[_Iterable[_Union[LayerArray, _Mapping]]] = ..., counters: _Optional[_Union[Array, _Mapping]] = ..., total_events: _Optional[int] = ...) -> None: ...
 
 class ReadMembranesResponse(_message.Message):
     __slots__ = ("membranes",)
