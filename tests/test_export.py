@@ -104,7 +104,8 @@ def test_balanced_conversion_keeps_the_ann_grid_and_its_logit_scale():
     assert np.corrcoef(logits.flatten().numpy(), aligned.flatten().numpy())[0, 1] > 0.85
 
 
-def test_quantized_forward_stays_exact_when_partial_sums_pass_float32s_whole_numbers():
+@pytest.mark.parametrize("device", DEVICES)
+def test_quantized_forward_stays_exact_when_partial_sums_pass_float32s_whole_numbers(device):
     """A threshold-1 hidden layer fires thousands of spikes per bin; the next layer's currents
     then have partial sums past 2**24, where float32 drops low bits. Tuned so the exact current
     (3242) is small while its terms are in the millions: the torch forward must still equal the
@@ -134,8 +135,11 @@ def test_quantized_forward_stays_exact_when_partial_sums_pass_float32s_whole_num
     readout = Readout(t0_us=0, bin_us=1000, num_bins=1)
     frames = torch.zeros(1, 1, 2, 34, 34)
     np.add.at(frames.numpy()[0, 0, 1], (ys * 4, xs * 4), 1)
+    resolve_device(device)
+    model = model.to(device)
     with torch.no_grad():
-        out = model(frames)
+        out = model(frames.to(device))
+    out = type(out)(**{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in vars(out).items()})
     spec = export_spec(model, readout.bin_us)
     packed, offsets = pack_samples([events])
     result = run_batch(SimNetwork.from_spec(spec), packed, offsets, replace(readout, mode="sync", membrane_layers=(1,)))

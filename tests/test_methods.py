@@ -21,7 +21,8 @@ from chiploop.training.substitute import chip_outputs, straight_through
 from chiploop.training.trainer import backend_advice, with_backend_advice
 from conftest import DATA, needs_data
 
-TINY = dict(width=0.25, bins=3, batch_size=24, lr=3e-3, calibration_samples=24, progress=False)
+#: On the CPU even where a GPU is: these tests make their frames there (tests/test_device.py covers CUDA).
+TINY = dict(width=0.25, bins=3, batch_size=24, lr=3e-3, calibration_samples=24, progress=False, device="cpu")
 #: sinabs' usual recipe for Speck (the issue's kind of bptt baseline).
 SINABS_RECIPE = dict(readout="counts", qat=False, init_target=None, theta_low=-1.0)
 

@@ -41,13 +41,15 @@ from conftest import needs_data
 
 pytestmark = needs_data
 
-TINY = dict(width=0.25, bins=3, batch_size=32, max_train=64, max_val=40, calibration_samples=32, progress=False)
+#: On the CPU even where a GPU is: runs are compared exactly (tests/test_device.py covers CUDA).
+TINY = dict(width=0.25, bins=3, batch_size=32, max_train=64, max_val=40, calibration_samples=32, progress=False,
+            device="cpu")  # fmt: skip
 
 
 def tiny_cli_args(daemon, max_val: int, *extra: str) -> list[str]:
     """``chiploop train`` flags for a quick run against ``daemon``."""
     return ["--chip", daemon.address, "--width", "0.25", "--bins", "3", "--batch-size", "32", "--max-train", "32",
-            "--max-val", str(max_val), "--quiet", *extra]  # fmt: skip
+            "--max-val", str(max_val), "--device", "cpu", "--quiet", *extra]  # fmt: skip
 
 
 def test_train_writes_everything_and_resumes(tmp_path, daemon):

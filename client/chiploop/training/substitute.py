@@ -57,7 +57,7 @@ def chip_score(result: RunResult, layer: int, threshold: float, readout: Readout
     return readout_score(*chip_outputs(result, layer), threshold, readout).numpy()
 
 
-def align_to_logits(score: torch.Tensor | np.ndarray, logit_per_unit: float) -> torch.Tensor:
+def align_to_logits(score: np.ndarray, logit_per_unit: float) -> torch.Tensor:
     """cil-ann: a chip score (spikes + v/thr) in the ANN's logit units.
 
     The balanced conversion maps an ANN logit z to z / logit_per_unit units of
