@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -705,6 +706,24 @@ def test_a_full_queue_does_not_refuse_a_streams_chunk_which_would_end_the_stream
                 assert chip.read_outputs(stream.session_id).counters[0] == 300
             finally:
                 release.set()
+
+
+def test_a_stream_that_never_opens_gives_its_place_back(monkeypatch):
+    """A peer that starts StreamEvents and sends nothing must not hold a max_streams place."""
+    from chiploop_server import transport
+
+    monkeypatch.setattr(transport, "STREAM_OPEN_TIMEOUT_S", 0.5)
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_streams=1, warm_up=False)) as d:
+        with ChipClient(d.address) as chip, grpc.insecure_channel(d.address) as ch:
+            model = chip.deploy(small_spec()).model_id
+            requests: queue.Queue = queue.Queue()  # stays empty: the stream never opens
+            silent = pb_grpc.ChipStub(ch).StreamEvents(iter(requests.get, None), timeout=30)
+            with pytest.raises(grpc.RpcError) as err:
+                next(silent)
+            assert err.value.code() == grpc.StatusCode.CANCELLED
+            requests.put(None)
+            with chip.stream(model, Readout()) as stream:  # the one place is free again
+                stream.send(make_dvs_events([1], [1], [0], [0]))
 
 
 def wait_for(condition, what: str, timeout: float = 10.0) -> None:

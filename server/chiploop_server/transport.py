@@ -43,6 +43,10 @@ log = logging.getLogger("chiploop.transport")
 #: How often a handler waiting for its job looks whether its call has ended.
 CALL_POLL_S = 0.25
 
+#: How long a stream may hold one of the max_streams places before its `open` arrives: a peer
+#: that connects and says nothing would otherwise hold it for as long as its connection lives.
+STREAM_OPEN_TIMEOUT_S = 30.0
+
 ANONYMOUS = "anonymous"
 
 #: An Array's bytes beyond its data (dtype text, shape, tags and lengths): 82 for chip events.
@@ -300,7 +304,13 @@ class ChipServicer(pb_grpc.ChipServicer):
         entry: SessionEntry | None = None
         call = _CallWatch(context)
         try:
-            first = next(request_iterator, None)
+            silent = threading.Timer(STREAM_OPEN_TIMEOUT_S, _cancel_silent_stream, (context, user))
+            silent.daemon = True
+            silent.start()
+            try:
+                first = next(request_iterator, None)
+            finally:
+                silent.cancel()
             if first is None:
                 return
             if first.WhichOneof("body") != "open":
@@ -390,6 +400,12 @@ def _result_bytes(result) -> int:
     arrays = [result.output_events, result.output_offsets, result.counters]
     arrays += list(result.counts.values()) + list(result.membranes.values())
     return sum(int(np.asarray(a).nbytes) for a in arrays)
+
+
+def _cancel_silent_stream(context: grpc.ServicerContext, user: str) -> None:
+    # From a timer thread, where abort() cannot be called: the peer sees CANCELLED.
+    log.info("a stream of user %s sent no `open` within %.0f s: cancelled", user, STREAM_OPEN_TIMEOUT_S)
+    context.cancel()
 
 
 # Session state changes run on the device's worker thread, so they never race each other.
