@@ -380,7 +380,6 @@ def test_config_precedence_is_flags_over_env_over_file(tmp_path):
         ({}, {"CHIPLOOP_SESSION_TTL_S": "nan"}, "", "session_ttl_s: must be 0..604800 seconds"),
         ({"log_level": "basic_format"}, {}, "", "log_level: must be one of DEBUG, INFO"),
         ({}, {"CHIPLOOP_LOG_LEVEL": "bogus"}, "", "log_level: must be one of"),
-        ({"max_sessions": 4}, {}, "", "max_streams: must be <= max_sessions \\(4\\), got 16"),
     ],
 )
 def test_bad_settings_are_refused_naming_where_they_came_from(tmp_path, flags, env, text, match):

@@ -73,11 +73,6 @@ class DaemonConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidArgument(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.max_streams > self.max_sessions:
-            # Each stream holds a session: the streams past max_sessions could never open.
-            raise InvalidArgument(
-                "max_streams", f"must be <= max_sessions ({self.max_sessions}), got {self.max_streams}"
-            )
         if self.workers > MAX_WORKERS:
             raise InvalidArgument("workers", f"must be 1..{MAX_WORKERS}, got {self.workers}")
         for name in ("session_ttl_s", "grace_s"):
