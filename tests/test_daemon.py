@@ -389,6 +389,11 @@ def test_bad_settings_are_refused_naming_where_they_came_from(tmp_path, flags, e
         daemon_config.load({**flags, "config": str(path)}, env=env)
 
 
+def test_streams_are_never_more_than_sessions_so_a_small_max_sessions_alone_serves():
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_sessions=2, warm_up=False)) as d:
+        assert d.servicer.max_streams == 2  # each stream holds a session; threads are sized for 2
+
+
 def test_serve_with_a_bad_setting_exits_2_with_the_reason(capsys):
     from chiploop.cli import main
 

@@ -65,6 +65,10 @@ class DaemonConfig:
     warm_up: bool = True
     log_level: str = "INFO"
 
+    def streams(self) -> int:
+        """Streams open at once: each holds a session, so never more than max_sessions."""
+        return min(self.max_streams, self.max_sessions)
+
     def check(self) -> DaemonConfig:
         host, sep, port = self.address.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:

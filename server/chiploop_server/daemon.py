@@ -66,7 +66,7 @@ class Daemon:
             backends_available=available_backends(),
             max_message_bytes=config.max_message_bytes,
             workers=config.workers,
-            max_streams=config.max_streams,
+            max_streams=config.streams(),
         )
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
@@ -92,7 +92,7 @@ class Daemon:
         # Every waiting job holds its call's thread, as does every open stream: with fewer threads
         # than that the queue would end at the pool's size, out of the scheduler's sight, and health
         # checks would wait behind it. The reserve serves info, health, deploys and reads.
-        threads = config.max_queue + 1 + config.max_streams + RESERVED_THREADS
+        threads = config.max_queue + 1 + config.streams() + RESERVED_THREADS
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chiploop-grpc"),
             # More calls than threads are refused at once (RESOURCE_EXHAUSTED), not queued unseen.
