@@ -277,6 +277,22 @@ def test_a_full_queue_is_refused_with_resource_exhausted(sim_device):
     scheduler.stop()
 
 
+def test_a_full_queue_takes_a_streams_reserved_job_and_sheds_the_dead_ones(sim_device):
+    """Streams opened and cancelled in a loop while the device is busy leave no pile of jobs."""
+    from chiploop_server.scheduler import FifoQueue
+
+    jobs = FifoQueue()
+    scheduler, _, release = _held_scheduler(sim_device, max_queue=1, queue=jobs)
+    scheduler.submit(Job("run", "a", lambda d: 1))  # the queue is full
+    for _ in range(20):
+        scheduler.submit(Job("open", "b", lambda d: 2, reserved=True)).cancel()
+    assert len(jobs) <= 2
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        scheduler.submit(Job("run", "a", lambda d: 3))
+    release.set()
+    scheduler.stop()
+
+
 def test_a_job_whose_deadline_passed_in_the_queue_is_answered_without_running(sim_device):
     scheduler, _, release = _held_scheduler(sim_device)
     ran = []

@@ -98,8 +98,10 @@ class Scheduler:
         with self._cond:
             if self._stopping:
                 raise BackendUnavailable("the daemon is shutting down")
-            if not job.reserved and len(self._queue) >= self.max_queue:
-                self._queue.discard(self._dead)  # callers that went away hold no place
+            if len(self._queue) >= self.max_queue:
+                # Callers that went away hold no place; done for a reserved job too, or the dead jobs
+                # of streams opened and cancelled in a loop would pile up while the device is busy.
+                self._queue.discard(self._dead)
             if not job.reserved and len(self._queue) >= self.max_queue:
                 raise ResourceExhausted(
                     f"{QUEUE_FULL} ({self.max_queue} jobs waiting); retry later"
