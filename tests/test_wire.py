@@ -217,7 +217,7 @@ def test_unset_enums_read_as_the_defaults_and_older_peers_numbers_keep_their_mea
         network = wire.encode_network(paper_spec())
         network.layers[0].reset = number
         assert wire.decode_network(network).layers[0].reset == reset
-    assert layer.reset == pb.RESET_MODE_SUBTRACT  # sent explicitly
+    assert layer.reset == pb.RESET_MODE_UNSPECIFIED  # the default goes as 0: older daemons read it alike
 
 
 def make_result(n: int = 3, writable_check: bool = False) -> RunResult:

@@ -38,15 +38,16 @@ NUMERIC_KINDS = "biuf"
 
 _INT32 = (-(2**31), 2**31 - 1)
 
-# Sent explicitly; UNSPECIFIED (an unset field) reads as the default, as chiploop.v1 says.
-_RESET_TO_WIRE = {"subtract": pb.RESET_MODE_SUBTRACT, "zero": pb.RESET_MODE_ZERO}
-_RESET_FROM_WIRE = {v: k for k, v in _RESET_TO_WIRE.items()} | {pb.RESET_MODE_UNSPECIFIED: "subtract"}
+# The defaults go as UNSPECIFIED (0), which is what a daemon from before the UNSPECIFIED values
+# reads as the default too; the explicit names of the defaults are read, never sent.
+_RESET_TO_WIRE = {"subtract": pb.RESET_MODE_UNSPECIFIED, "zero": pb.RESET_MODE_ZERO}
+_RESET_FROM_WIRE = {v: k for k, v in _RESET_TO_WIRE.items()} | {pb.RESET_MODE_SUBTRACT: "subtract"}
 _MODE_TO_WIRE = {
-    "depth_first": pb.RUN_MODE_ASYNC_DEPTH_FIRST,
+    "depth_first": pb.RUN_MODE_UNSPECIFIED,
     "breadth_first": pb.RUN_MODE_ASYNC_BREADTH_FIRST,
     "sync": pb.RUN_MODE_SYNC,
 }
-_MODE_FROM_WIRE = {v: k for k, v in _MODE_TO_WIRE.items()} | {pb.RUN_MODE_UNSPECIFIED: "depth_first"}
+_MODE_FROM_WIRE = {v: k for k, v in _MODE_TO_WIRE.items()} | {pb.RUN_MODE_ASYNC_DEPTH_FIRST: "depth_first"}
 
 
 # ---------------------------------------------------------------- dtypes

@@ -284,12 +284,14 @@ class StreamRequest(_message.Message):
     def __init__(self, open: _Optional[_Union[StreamOpen, _Mapping]] = ..., events: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
 
 class StreamOpen(_message.Message):
-    __slots__ = ("model_id", "readout")
+    __slots__ = ("model_id", "readout", "paged")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     READOUT_FIELD_NUMBER: _ClassVar[int]
+    PAGED_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     readout: Readout
-    def __init__(self, model_id: _Optional[str] = ..., readout: _Optional[_Union[Readout, _Mapping]] = ...) -> None: ...
+    paged: bool
+    def __init__(self, model_id: _Optional[str] = ..., readout: _Optional[_Union[Readout, _Mapping]] = ..., paged: _Optional[bool] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("session_id", "output_events", "events_in", "more")
@@ -314,16 +316,18 @@ class SessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., from_event: _Optional[int] = ...) -> None: ...
 
 class ReadOutputsResponse(_message.Message):
-    __slots__ = ("output_events", "counts", "counters", "total_events")
+    __slots__ = ("output_events", "counts", "counters", "total_events", "resets")
     OUTPUT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RESETS_FIELD_NUMBER: _ClassVar[int]
     output_events: Array
     counts: _containers.RepeatedCompositeFieldContainer[LayerArray]
     counters: Array
     total_events: int
-    def __init__(self, output_events: _Optional[_Union[Array, _Mapping]] = ..., counts: _Optional[_Iterable[_Union[LayerArray, _Mapping]]] = ..., counters: _Optional[_Union[Array, _Mapping]] = ..., total_events: _Optional[int] = ...) -> None: ...
+    resets: int
+    def __init__(self, output_events: _Optional[_Union[Array, _Mapping]] = ..., counts: _Optional[_Iterable[_Union[LayerArray, _Mapping]]] = ..., counters: _Optional[_Union[Array, _Mapping]] = ..., total_events: _Optional[int] = ..., resets: _Optional[int] = ...) -> None: ...
 
 class ReadMembranesResponse(_message.Message):
     __slots__ = ("membranes",)
