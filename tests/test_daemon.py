@@ -242,6 +242,38 @@ def test_a_page_of_outputs_from_a_bad_place_is_refused(stub, model_id):
     )  # fmt: skip
 
 
+def test_paging_is_opt_in_and_the_pages_of_a_read_share_one_reset_count(nmnist_samples):
+    """A peer that does not ask for pages gets an error by name where one message cannot hold the
+    answer, never a silently cut one; a reset between pages shows in ``resets``."""
+    spec = small_spec(threshold=2, monitor=(0,))  # busy: one chunk causes more spikes than 8 KiB hold
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_message_bytes=8 << 10, warm_up=False)) as d:
+        with ChipClient(d.address) as chip, grpc.insecure_channel(d.address) as ch:
+            stub = pb_grpc.ChipStub(ch)
+            model = chip.deploy(spec).model_id
+            opening = pb.StreamRequest(open=pb.StreamOpen(model_id=model, readout=wire.encode_readout(Readout())))
+            chunk = pb.StreamRequest(events=wire.encode_array(nmnist_samples[0][:600]))
+            answers = []
+            with pytest.raises(grpc.RpcError) as err:
+                for answer in stub.StreamEvents(iter([opening, chunk]), timeout=10):
+                    answers.append(answer)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+            assert "StreamOpen.paged" in err.value.details() and "the chunk was taken" in err.value.details()
+            session = answers[0].session_id
+            refused(
+                lambda: stub.ReadOutputs(pb.SessionRequest(session_id=session), timeout=10),
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "read them in pages", "from_event",
+            )  # fmt: skip
+            page = stub.ReadOutputs(pb.SessionRequest(session_id=session, from_event=0), timeout=10)
+            assert 0 < page.output_events.shape[0] < page.total_events
+            stub.Reset(pb.ResetRequest(session_id=session), timeout=10)
+            again = stub.ReadOutputs(pb.SessionRequest(session_id=session, from_event=0), timeout=10)
+            assert again.resets == page.resets + 1 and again.total_events == 0
+        # Counts that leave no room for events are no reason to refuse a read that has none.
+        busy_counts = Readout(bin_us=1000, num_bins=125)  # 7 KB of counts
+        with ChipClient(d.address) as chip, chip.stream(chip.deploy(spec).model_id, busy_counts) as stream:
+            assert stream.read_outputs().output_events.size == 0
+
+
 def test_an_expired_client_deadline_is_deadline_exceeded(daemon, stub, model_id, nmnist_samples):
     with ChipClient(daemon.address, retries=0) as chip:
         with pytest.raises(DeadlineExceeded):

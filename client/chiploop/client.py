@@ -406,14 +406,16 @@ class ChipClient:
         come in pages, all within ``timeout``. Counts and counters are those of the first page:
         events a stream adds meanwhile are left for the next read."""
         deadline = self._deadline(timeout)
-        first = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id), deadline)
+        first = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id, from_event=0), deadline)
         pages = [_output_events(first)]
         have = pages[0].size
         while have < first.total_events:
             r = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id, from_event=have), deadline)
+            if r.resets != first.resets:  # the pages would join outputs from before and after it
+                raise FailedPrecondition(f"session {session_id} was reset while its outputs were read")
             pages.append(_output_events(r))
-            if pages[-1].size == 0:  # it shrank meanwhile (a reset, then fewer outputs): pages would not join
-                raise FailedPrecondition(f"session {session_id}: its outputs were reset while they were read")
+            if pages[-1].size == 0:  # never spin, whatever a daemon answers
+                raise FailedPrecondition(f"session {session_id}: no output events from {have} on")
             have += pages[-1].size
         return SessionOutputs(
             output_events=concatenate_events(pages)[: max(first.total_events, pages[0].size)],
@@ -478,6 +480,7 @@ class ChipStream:
         self._closed = False
         opening = pb.StreamRequest()
         opening.open.model_id = model_id
+        opening.open.paged = True  # send() joins an answer given in several messages
         wire.encode_readout(readout, opening.open.readout)
         self._requests.put(opening)
         # gRPC reads the requests in a thread of its own, blocked on the queue until _END arrives:

@@ -37,6 +37,7 @@ class SessionEntry:
     streaming: bool = True
     events_in: int = 0
     last_t: int = -1  # the newest event time taken: the next chunk may not go back in time
+    resets: int = 0  # the pages of one ReadOutputs must all come from one (resets, outputs) state
     last_used: float = field(default_factory=time.monotonic)
 
 

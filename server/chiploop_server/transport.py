@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -29,6 +29,7 @@ from chiploop.errors import (
     Unauthenticated,
 )
 from chiploop.events import CHIP_EVENT_DTYPE, DVS_EVENT_DTYPE, check_dvs_events
+from chiploop.run import COUNTER_NAMES
 from chiploop.v1 import chiploop_pb2 as pb
 from chiploop.v1 import chiploop_pb2_grpc as pb_grpc
 
@@ -52,11 +53,10 @@ ANONYMOUS = "anonymous"
 #: An Array's bytes beyond its data (dtype text, shape, tags and lengths): 82 for chip events.
 ARRAY_FRAMING_BYTES = 256
 
-#: A StreamResponse's fields but its events (session id, events_in, more), with room to spare.
-STREAM_RESPONSE_FIELDS_BYTES = 128
-
-#: A RunResponse's fields but its arrays (model id, compute_seconds, layer numbers), with room to spare.
+#: A response's fields but its arrays (ids, numbers, layer numbers), with room to spare.
 RESPONSE_FIELDS_BYTES = 256
+
+OUTPUT_EVENTS = COUNTER_NAMES.index("output_events")
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -267,7 +267,9 @@ class ChipServicer(pb_grpc.ChipServicer):
         t3 = time.perf_counter()
         # Said by the daemon, before encoding (no copy of what cannot go), rather than by gRPC after
         # it; the client halves its chunk on "message larger than max".
-        self._check_response_size(_response_bytes(result), offsets.size - 1)
+        arrays = (result.output_events, result.output_offsets, result.counters, *result.counts.values(),
+                  *result.membranes.values())  # fmt: skip
+        self._check_response_size(_message_bytes(arrays), offsets.size - 1)
         response = wire.encode_run_result(result, model.model_id)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -279,7 +281,8 @@ class ChipServicer(pb_grpc.ChipServicer):
         return response
 
     def _events_that_fit(self, other_bytes: int) -> int:
-        """How many chip events one answer carries beside ``other_bytes`` of its other fields."""
+        """How many chip events one answer carries beside ``other_bytes`` of its other fields
+        (call it only with events to send: none always fit)."""
         room = self.max_message_bytes - other_bytes - ARRAY_FRAMING_BYTES
         if room < CHIP_EVENT_DTYPE.itemsize:
             raise ResourceExhausted(
@@ -317,6 +320,7 @@ class ChipServicer(pb_grpc.ChipServicer):
             if first.WhichOneof("body") != "open":
                 raise InvalidArgument("open", "the first message of a stream must be `open` (model id and readout)")
             model = self.registry.get(first.open.model_id)
+            paged = first.open.paged
             readout = wire.decode_readout(first.open.readout)
             readout.check(len(model.spec.layers))
             session = self._do(
@@ -336,9 +340,15 @@ class ChipServicer(pb_grpc.ChipServicer):
                     context, "feed", user, functools.partial(_feed, entry, events), size=events.size, call=call,
                     reserved=True,
                 )
-                # The chunk's spikes in as many messages as they need (`more` on all but the last):
-                # one answer over the message limit would end the stream, with the chunk applied.
-                page = self._events_that_fit(STREAM_RESPONSE_FIELDS_BYTES)
+                # A paged stream gets the chunk's spikes in as many messages as they need (`more` on
+                # all but the last); any other, one message or, past the limit, an error by name.
+                page = self._events_that_fit(_message_bytes(())) if out.size else 1
+                if out.size > page and not paged:
+                    raise ResourceExhausted(
+                        f"response message larger than max: the chunk caused {out.size} chip events, one "
+                        f"message holds {page} (max_message_bytes {self.max_message_bytes}); the chunk was "
+                        "taken. Send smaller chunks, or open the stream with paged answers (StreamOpen.paged)"
+                    )
                 for start in range(0, max(out.size, 1), page):
                     response = pb.StreamResponse(
                         session_id=entry.session_id, events_in=entry.events_in, more=start + page < out.size
@@ -355,23 +365,37 @@ class ChipServicer(pb_grpc.ChipServicer):
         user = user_of(context)
         entry = self.sessions.get(request.session_id, user)
 
-        def read(device: Device) -> tuple:
-            s = entry.session
-            return s.output_events(), s.counts(), s.counters()
+        paged, start = request.HasField("from_event"), request.from_event
+        if start < 0:
+            raise InvalidArgument("from_event", f"must be >= 0, got {start}")
 
-        if request.from_event < 0:
-            raise InvalidArgument("from_event", f"must be >= 0, got {request.from_event}")
-        events, counts, counters = self._do(context, "read_outputs", user, read)
-        if request.from_event > events.size:
-            raise FailedPrecondition(
-                f"from_event {request.from_event} is past the session's {events.size} output events "
-                "(was it reset while they were read?)"
+        def read(device: Device) -> tuple:
+            # One job: the page, the counts and the reset count all describe one state of the session.
+            s = entry.session
+            counts, counters = s.counts(), np.asarray(s.counters(), np.int64)
+            total = int(counters[OUTPUT_EVENTS])
+            if start > total:
+                raise FailedPrecondition(
+                    f"from_event {start} is past the session's {total} output events (was it reset while "
+                    "they were read?)"
+                )
+            stop = None
+            if paged:
+                fit = self._events_that_fit(_message_bytes((*counts.values(), counters))) if start < total else 0
+                stop = min(total, start + fit)
+            return s.output_events(start, stop), counts, counters, total, entry.resets
+
+        events, counts, counters, total, resets = self._do(context, "read_outputs", user, read)
+        if not paged and events.size and events.size > self._events_that_fit(_message_bytes((*counts.values(), counters))):
+            raise ResourceExhausted(
+                f"response message larger than max: the session holds {total} output events, more than one "
+                f"message holds (max_message_bytes {self.max_message_bytes}); read them in pages "
+                "(SessionRequest.from_event)"
             )
-        response = pb.ReadOutputsResponse(total_events=events.size)
+        response = pb.ReadOutputsResponse(total_events=total, resets=resets)
+        wire.encode_array(events, response.output_events, "output_events")
         wire.encode_layer_arrays(counts, response.counts, "counts")
-        wire.encode_array(np.asarray(counters, np.int64), response.counters, "counters")
-        page = self._events_that_fit(response.ByteSize())
-        wire.encode_array(events[request.from_event : request.from_event + page], response.output_events)
+        wire.encode_array(counters, response.counters, "counters")
         return response
 
     @_answer_errors
@@ -397,11 +421,9 @@ class ChipServicer(pb_grpc.ChipServicer):
         return pb.ResetResponse()
 
 
-def _response_bytes(result) -> int:
-    """At least the encoded RunResponse's size: the arrays' bytes plus a bound on the framing
+def _message_bytes(arrays: Iterable[np.ndarray]) -> int:
+    """At least the size of a response holding ``arrays``: their bytes plus a bound on the framing
     (protobuf's ByteSize serializes the message to count it: 1.3 ms per 4 MiB)."""
-    arrays = [result.output_events, result.output_offsets, result.counters]
-    arrays += list(result.counts.values()) + list(result.membranes.values())
     return RESPONSE_FIELDS_BYTES + sum(ARRAY_FRAMING_BYTES + int(np.asarray(a).nbytes) for a in arrays)
 
 
@@ -429,5 +451,6 @@ def _feed(entry: SessionEntry, events: np.ndarray, device: Device) -> np.ndarray
 
 def _reset(entry: SessionEntry, device: Device) -> None:
     entry.session.reset()
+    entry.resets += 1
     entry.events_in = 0
     entry.last_t = -1

@@ -26,14 +26,16 @@ class Session(Protocol):
     def feed(self, events: np.ndarray) -> np.ndarray:
         """Take the next time-sorted chunk of DVS events; return the chip events it caused."""
 
-    def output_events(self) -> np.ndarray:
-        """Every chip event since the session opened or was last reset."""
+    def output_events(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Every chip event since the session opened or was last reset, ``[start:stop]`` of them
+        (a copy: read in pages, a long session's outputs are not copied whole for each page)."""
 
     def counts(self) -> dict[int, np.ndarray]:
         """Spike counts per output / monitored layer in the session readout's bins."""
 
     def counters(self) -> np.ndarray:
-        """int64 [4 + layers]: chiploop.run.COUNTER_NAMES, then spikes per layer."""
+        """int64 [4 + layers]: chiploop.run.COUNTER_NAMES, then spikes per layer; its output_events
+        is how many ``output_events()`` holds."""
 
     def membranes(self, layers: tuple[int, ...]) -> dict[int, np.ndarray]:
         """The current int16 [f, H, W] states of the given layers."""

@@ -219,8 +219,12 @@ class SamnaSession:
         self._counters[N_COUNTERS:] += np.bincount(out["layer"], minlength=len(spec.layers))[: len(spec.layers)]
         return out
 
-    def output_events(self) -> np.ndarray:
-        return concatenate_events(self._outputs) if self._outputs else np.zeros(0, CHIP_EVENT_DTYPE)
+    def output_events(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        if not self._outputs:
+            return np.zeros(0, CHIP_EVENT_DTYPE)
+        if len(self._outputs) > 1:
+            self._outputs = [concatenate_events(self._outputs)]
+        return concatenate_events([self._outputs[0][start:stop]])
 
     def counts(self) -> dict[int, np.ndarray]:
         events = self.output_events()

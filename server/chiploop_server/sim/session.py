@@ -110,13 +110,14 @@ class SimSession:
         self._outputs.append(out)
         return out
 
-    def output_events(self) -> np.ndarray:
-        """Every chip event since open or reset (output and monitored layers), in emission order."""
+    def output_events(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Every chip event since open or reset (output and monitored layers), in emission order;
+        ``[start:stop]`` of them."""
         if not self._outputs:
             return np.zeros(0, CHIP_EVENT_DTYPE)
         if len(self._outputs) > 1:
             self._outputs = [concatenate_events(self._outputs)]
-        return concatenate_events(self._outputs)  # a copy: the caller may keep or change it
+        return concatenate_events([self._outputs[0][start:stop]])  # a copy: the caller may keep or change it
 
     def counts(self) -> dict[int, np.ndarray]:
         """Spike counts in the readout's bins per output or monitored layer: int32 [T, f] (or [T, f, H, W])."""
