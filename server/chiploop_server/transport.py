@@ -381,12 +381,13 @@ class ChipServicer(pb_grpc.ChipServicer):
                 )
             stop = None
             if paged:
-                fit = self._events_that_fit(_message_bytes((*counts.values(), counters))) if start < total else 0
-                stop = min(total, start + fit)
+                beside = _message_bytes((*counts.values(), counters))
+                stop = min(total, start + self._events_that_fit(beside)) if start < total else start
             return s.output_events(start, stop), counts, counters, total, entry.resets
 
         events, counts, counters, total, resets = self._do(context, "read_outputs", user, read)
-        if not paged and events.size and events.size > self._events_that_fit(_message_bytes((*counts.values(), counters))):
+        beside = _message_bytes((*counts.values(), counters))
+        if not paged and events.size and events.size > self._events_that_fit(beside):
             raise ResourceExhausted(
                 f"response message larger than max: the session holds {total} output events, more than one "
                 f"message holds (max_message_bytes {self.max_message_bytes}); read them in pages "
