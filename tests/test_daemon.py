@@ -5,6 +5,7 @@ daemon still serves."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import queue
@@ -272,6 +273,46 @@ def test_paging_is_opt_in_and_the_pages_of_a_read_share_one_reset_count(nmnist_s
         busy_counts = Readout(bin_us=1000, num_bins=125)  # 7 KB of counts
         with ChipClient(d.address) as chip, chip.stream(chip.deploy(spec).model_id, busy_counts) as stream:
             assert stream.read_outputs().output_events.size == 0
+
+
+def test_answers_exactly_at_the_message_limit_are_sent_and_a_byte_over_is_refused_by_name(daemon, nmnist_samples):
+    """The daemon's own size checks are exact: they refuse nothing gRPC would send."""
+    spec, events = small_spec(threshold=2, monitor=(0,)), nmnist_samples[0][:100]
+    opening = pb.StreamRequest(open=pb.StreamOpen(readout=wire.encode_readout(Readout())))
+    chunk = pb.StreamRequest(events=wire.encode_array(events))
+
+    def answers(address: str) -> dict[str, object]:
+        """Each answer's message, or the refusal's status code."""
+        out: dict[str, object] = {}
+        with ChipClient(address) as chip, grpc.insecure_channel(address) as ch:
+            stub, model = pb_grpc.ChipStub(ch), chip.deploy(spec).model_id
+            opening.open.model_id = model
+            for name, call in (
+                ("run", lambda: stub.Run(run_request(model, events), timeout=10)),
+                ("stream", lambda: list(stub.StreamEvents(iter([opening, chunk]), timeout=10))[1]),
+            ):
+                try:
+                    out[name] = call()
+                except grpc.RpcError as err:
+                    out[name] = err.code()
+            session = stub.StreamEvents(iter([opening, chunk]), timeout=10)
+            session_id = next(session).session_id
+            with contextlib.suppress(grpc.RpcError):  # the chunk is taken even where its answer is refused
+                list(session)
+            try:
+                out["read"] = stub.ReadOutputs(pb.SessionRequest(session_id=session_id), timeout=10)
+            except grpc.RpcError as err:
+                out["read"] = err.code()
+        return out
+
+    sizes = {name: answer.ByteSize() for name, answer in answers(daemon.address).items()}
+    for name, size in sizes.items():
+        for limit, fits in ((size, True), (size - 1, False)):
+            with Daemon(DaemonConfig(address="127.0.0.1:0", max_message_bytes=limit, warm_up=False)) as d:
+                got = answers(d.address)[name]
+            assert isinstance(got, grpc.StatusCode) != fits, (name, size, limit, got)
+            if not fits:
+                assert got == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_an_expired_client_deadline_is_deadline_exceeded(daemon, stub, model_id, nmnist_samples):

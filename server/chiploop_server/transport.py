@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -50,11 +50,15 @@ STREAM_OPEN_TIMEOUT_S = 30.0
 
 ANONYMOUS = "anonymous"
 
-#: An Array's bytes beyond its data (dtype text, shape, tags and lengths): 82 for chip events.
-ARRAY_FRAMING_BYTES = 256
+_CHIP_EVENTS_DTYPE = wire.dtype_to_str(CHIP_EVENT_DTYPE)
 
-#: A response's fields but its arrays (ids, numbers, layer numbers), with room to spare.
-RESPONSE_FIELDS_BYTES = 256
+#: A bound on what an array of chip events adds to a message beyond its data: the Array's dtype
+#: and (largest) shape, and the tags and length prefixes (at most 5 bytes each) of it and its data.
+EVENTS_FRAMING_BYTES = pb.Array(dtype=_CHIP_EVENTS_DTYPE, shape=[2**31]).ByteSize() + 12
+
+#: A generous bound on a response's bytes beyond its arrays' data (ids, numbers, dtypes, shapes): a
+#: quick first check, before encoding; only a response within it of the limit is measured exactly.
+FRAMING_BOUND_BYTES = 256
 
 OUTPUT_EVENTS = COUNTER_NAMES.index("output_events")
 
@@ -265,12 +269,16 @@ class ChipServicer(pb_grpc.ChipServicer):
             context, "run", user, lambda device: device.run(model.handle, events, offsets, readout), size=events.size
         )
         t3 = time.perf_counter()
-        # Said by the daemon, before encoding (no copy of what cannot go), rather than by gRPC after
-        # it; the client halves its chunk on "message larger than max".
+        # Said by the daemon rather than by gRPC; the client halves its chunk on "message larger than
+        # max". The data alone is checked before encoding (no copy of what cannot go); the encoded
+        # message is measured (ByteSize serializes it: 1.3 ms per 4 MiB) only near the limit.
         arrays = (result.output_events, result.output_offsets, result.counters, *result.counts.values(),
                   *result.membranes.values())  # fmt: skip
-        self._check_response_size(_message_bytes(arrays), offsets.size - 1)
+        data = sum(int(np.asarray(a).nbytes) for a in arrays)
+        self._check_response_size(data, offsets.size - 1)
         response = wire.encode_run_result(result, model.model_id)
+        if data + FRAMING_BOUND_BYTES * (len(arrays) + 1) > self.max_message_bytes:
+            self._check_response_size(response.ByteSize(), offsets.size - 1)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "Run %s: %d samples, %d events; decode %.2f ms, checks %.2f ms, device %.2f ms "
@@ -281,15 +289,18 @@ class ChipServicer(pb_grpc.ChipServicer):
         return response
 
     def _events_that_fit(self, other_bytes: int) -> int:
-        """How many chip events one answer carries beside ``other_bytes`` of its other fields
-        (call it only with events to send: none always fit)."""
-        room = self.max_message_bytes - other_bytes - ARRAY_FRAMING_BYTES
-        if room < CHIP_EVENT_DTYPE.itemsize:
+        """How many chip events one answer carries beside ``other_bytes`` of its other fields (the
+        encoded size of the answer without them); call it only with events to send."""
+        room = self.max_message_bytes - other_bytes
+        count = max(0, (room - EVENTS_FRAMING_BYTES) // CHIP_EVENT_DTYPE.itemsize)
+        while _events_field_bytes(count + 1) <= room:  # the bound errs by a few bytes: one event at most
+            count += 1
+        if count == 0:
             raise ResourceExhausted(
                 f"the daemon's max_message_bytes ({self.max_message_bytes}) leaves no room for output events "
                 f"beside {other_bytes} bytes of counts and counters"
             )
-        return room // CHIP_EVENT_DTYPE.itemsize
+        return count
 
     def _check_response_size(self, size: int, samples: int) -> None:
         if size > self.max_message_bytes:
@@ -342,13 +353,18 @@ class ChipServicer(pb_grpc.ChipServicer):
                 )
                 # A paged stream gets the chunk's spikes in as many messages as they need (`more` on
                 # all but the last); any other, one message or, past the limit, an error by name.
-                page = self._events_that_fit(_message_bytes(())) if out.size else 1
-                if out.size > page and not paged:
-                    raise ResourceExhausted(
-                        f"response message larger than max: the chunk caused {out.size} chip events, one "
-                        f"message holds {page} (max_message_bytes {self.max_message_bytes}); the chunk was "
-                        "taken. Send smaller chunks, or open the stream with paged answers (StreamOpen.paged)"
-                    )
+                fields = pb.StreamResponse(session_id=entry.session_id, events_in=entry.events_in)
+                page = max(1, out.size)
+                if out.size and out.size > self._events_that_fit(fields.ByteSize()):
+                    if not paged:
+                        raise ResourceExhausted(
+                            f"response message larger than max: the chunk caused {out.size} chip events, more "
+                            f"than one message holds (max_message_bytes {self.max_message_bytes}); the chunk "
+                            "was taken. Send smaller chunks, or open the stream with paged answers "
+                            "(StreamOpen.paged)"
+                        )
+                    fields.more = True
+                    page = self._events_that_fit(fields.ByteSize())
                 for start in range(0, max(out.size, 1), page):
                     response = pb.StreamResponse(
                         session_id=entry.session_id, events_in=entry.events_in, more=start + page < out.size
@@ -370,7 +386,8 @@ class ChipServicer(pb_grpc.ChipServicer):
             raise InvalidArgument("from_event", f"must be >= 0, got {start}")
 
         def read(device: Device) -> tuple:
-            # One job: the page, the counts and the reset count all describe one state of the session.
+            # One job: the page, the counts and the reset count all describe one state of the session
+            # (the counts are encoded here, as the room left for the page depends on their size).
             s = entry.session
             counts, counters = s.counts(), np.asarray(s.counters(), np.int64)
             total = int(counters[OUTPUT_EVENTS])
@@ -379,24 +396,20 @@ class ChipServicer(pb_grpc.ChipServicer):
                     f"from_event {start} is past the session's {total} output events (was it reset while "
                     "they were read?)"
                 )
-            stop = None
-            if paged:
-                beside = _message_bytes((*counts.values(), counters))
-                stop = min(total, start + self._events_that_fit(beside)) if start < total else start
-            return s.output_events(start, stop), counts, counters, total, entry.resets
+            response = pb.ReadOutputsResponse(total_events=total, resets=entry.resets)
+            wire.encode_layer_arrays(counts, response.counts, "counts")
+            wire.encode_array(counters, response.counters, "counters")
+            room = self._events_that_fit(response.ByteSize()) if start < total else 0
+            if not paged and total > room:
+                raise ResourceExhausted(
+                    f"response message larger than max: the session holds {total} output events, one message "
+                    f"holds {room} (max_message_bytes {self.max_message_bytes}); read them in pages "
+                    "(SessionRequest.from_event)"
+                )
+            return response, s.output_events(start, start + room)
 
-        events, counts, counters, total, resets = self._do(context, "read_outputs", user, read)
-        beside = _message_bytes((*counts.values(), counters))
-        if not paged and events.size and events.size > self._events_that_fit(beside):
-            raise ResourceExhausted(
-                f"response message larger than max: the session holds {total} output events, more than one "
-                f"message holds (max_message_bytes {self.max_message_bytes}); read them in pages "
-                "(SessionRequest.from_event)"
-            )
-        response = pb.ReadOutputsResponse(total_events=total, resets=resets)
-        wire.encode_array(events, response.output_events, "output_events")
-        wire.encode_layer_arrays(counts, response.counts, "counts")
-        wire.encode_array(counters, response.counters, "counters")
+        response, events = self._do(context, "read_outputs", user, read)
+        wire.encode_array(events, response.output_events, "output_events")  # the large copy: off the device
         return response
 
     @_answer_errors
@@ -422,10 +435,17 @@ class ChipServicer(pb_grpc.ChipServicer):
         return pb.ResetResponse()
 
 
-def _message_bytes(arrays: Iterable[np.ndarray]) -> int:
-    """At least the size of a response holding ``arrays``: their bytes plus a bound on the framing
-    (protobuf's ByteSize serializes the message to count it: 1.3 ms per 4 MiB)."""
-    return RESPONSE_FIELDS_BYTES + sum(ARRAY_FRAMING_BYTES + int(np.asarray(a).nbytes) for a in arrays)
+def _events_field_bytes(count: int) -> int:
+    """The encoded size of an output_events field holding ``count`` chip events, exactly."""
+    data = count * CHIP_EVENT_DTYPE.itemsize
+    array = pb.Array(dtype=_CHIP_EVENTS_DTYPE, shape=[count]).ByteSize()
+    if data:
+        array += 1 + _varint_bytes(data) + data
+    return 1 + _varint_bytes(array) + array
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _cancel_silent_stream(context: grpc.ServicerContext, user: str) -> None:
