@@ -66,11 +66,9 @@ def codec_costs(samples, readout: Readout, result, repeats: int = 5) -> tuple[fl
     encodes, decodes = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        request = pb.RunRequest(model_id="x")
-        wire.encode_array(events, request.events)
-        wire.encode_array(offsets, request.offsets)
-        wire.encode_readout(readout, request.readout)
-        request.SerializeToString()
+        template = pb.RunRequest(model_id="x")
+        wire.encode_readout(readout, template.readout)
+        wire.encode_run_request(template, events, offsets)  # what ChipClient.run sends
         encodes.append(time.perf_counter() - start)
         start = time.perf_counter()
         wire.decode_run_result(pb.RunResponse.FromString(raw), writable=True)

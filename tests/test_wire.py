@@ -208,6 +208,22 @@ def test_unknown_run_mode_is_refused():
         wire.decode_readout(msg)
 
 
+@pytest.mark.parametrize("n", [0, 1, 9, 100_000])
+def test_a_run_request_encoded_with_its_events_copied_once_parses_as_protobufs_own(n):
+    rng = np.random.default_rng(n)
+    events = make_dvs_events(rng.integers(0, 34, n), rng.integers(0, 34, n), rng.integers(0, 2, n), np.arange(n))
+    offsets = np.array([0, n // 3, n], np.int64)
+    template = pb.RunRequest(model_id="abc")
+    wire.encode_readout(Readout(bin_us=10, num_bins=3, membrane_layers=(1,)), template.readout)
+    expected = pb.RunRequest()
+    expected.CopyFrom(template)
+    wire.encode_array(events, expected.events)
+    wire.encode_array(offsets, expected.offsets)
+    assert pb.RunRequest.FromString(wire.encode_run_request(template, events, offsets)) == expected
+    strided = pb.RunRequest.FromString(wire.encode_run_request(template, events[::2], offsets[:1]))
+    np.testing.assert_array_equal(wire.decode_array(strided.events, "events", DVS_EVENT_DTYPE, 1), events[::2])
+
+
 def test_unset_enums_read_as_the_defaults_and_older_peers_numbers_keep_their_meaning():
     # Before the UNSPECIFIED values: depth-first and subtract were 0, breadth-first 1, sync 2, zero 1.
     for number, mode in ((0, "depth_first"), (1, "breadth_first"), (2, "sync"), (3, "depth_first")):

@@ -376,6 +376,48 @@ def decode_layer_arrays(msgs: Iterable[pb.LayerArray], field: str, dtype: np.dty
     return out
 
 
+def encode_run_request(template: pb.RunRequest, events: np.ndarray, offsets: np.ndarray) -> bytes:
+    """The wire bytes of ``template`` (model id, readout) with ``events`` and ``offsets``: what
+    ``RunRequest.SerializeToString`` would give, fields in another order, but with the events'
+    bytes copied once. Through protobuf they are copied three times (``tobytes``, into the
+    message, out of it), which held 4 MiB uploads near 300 MB/s against about 395 this way."""
+    head = pb.RunRequest()
+    head.CopyFrom(template)
+    head.ClearField("events")
+    encode_array(offsets, head.offsets, "offsets")
+    dtype = wire_dtype(events.dtype, "events")
+    data = np.ascontiguousarray(events, dtype=dtype).reshape(-1).view(np.uint8)
+    array_head = pb.Array(dtype=dtype_to_str(dtype), shape=events.shape).SerializeToString()
+    array_bytes = len(array_head) + (_field_prefix_bytes(data.nbytes) if data.nbytes else 0)
+    parts: list[Any] = [head.SerializeToString(), _RUN_EVENTS_TAG, _varint(array_bytes), array_head]
+    if data.nbytes:  # proto3 leaves empty bytes out, as SerializeToString does
+        parts += [_ARRAY_DATA_TAG, _varint(data.nbytes), data]
+    return b"".join(parts)
+
+
+def _tag(message: Any, field: str) -> bytes:
+    """The key of a length-delimited field (wire type 2)."""
+    return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field_prefix_bytes(size: int) -> int:
+    """A length-delimited field of ``size`` bytes, with its key and length prefix."""
+    return len(_ARRAY_DATA_TAG) + len(_varint(size)) + size
+
+
+_RUN_EVENTS_TAG = _tag(pb.RunRequest, "events")
+_ARRAY_DATA_TAG = _tag(pb.Array, "data")
+
+
 def encode_run_result(result: RunResult, model_id: str = "", into: pb.RunResponse | None = None) -> pb.RunResponse:
     msg = pb.RunResponse() if into is None else into
     msg.model_id = model_id
