@@ -439,13 +439,7 @@ def _events_field_bytes(count: int) -> int:
     """The encoded size of an output_events field holding ``count`` chip events, exactly."""
     data = count * CHIP_EVENT_DTYPE.itemsize
     array = pb.Array(dtype=_CHIP_EVENTS_DTYPE, shape=[count]).ByteSize()
-    if data:
-        array += 1 + _varint_bytes(data) + data
-    return 1 + _varint_bytes(array) + array
-
-
-def _varint_bytes(value: int) -> int:
-    return max(1, (value.bit_length() + 6) // 7)
+    return wire.field_bytes(array + (wire.field_bytes(data) if data else 0))
 
 
 def _cancel_silent_stream(context: grpc.ServicerContext, user: str) -> None:
