@@ -315,6 +315,23 @@ def test_answers_exactly_at_the_message_limit_are_sent_and_a_byte_over_is_refuse
                 assert got == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_answers_that_do_not_page_are_refused_by_name_over_the_limit():
+    """Counts alone, or membranes, over the message limit: the daemon says what to do, not gRPC."""
+    wide = NetworkSpec(
+        layers=(Layer(weights=np.ones((16, 2, 1, 1), np.int8), threshold_high=100),),
+        input=InputLayer(sensor_size=(34, 34)),
+    )  # 32 bytes of weights, 37 KB of states
+    with Daemon(DaemonConfig(address="127.0.0.1:0", max_message_bytes=32 << 10, warm_up=False)) as d:
+        with ChipClient(d.address) as chip:
+            model = chip.deploy(wide).model_id
+            with chip.stream(model, Readout(bin_us=1000, num_bins=10, spatial_counts=True)) as stream:
+                with pytest.raises(ResourceExhausted, match="counts and counters alone take"):
+                    stream.read_outputs()  # no output events at all: 740 KB of counts
+            with chip.stream(model, Readout(membrane_layers=(0,))) as stream:
+                with pytest.raises(ResourceExhausted, match="read fewer layers per call"):
+                    stream.read_membranes()
+
+
 def test_an_expired_client_deadline_is_deadline_exceeded(daemon, stub, model_id, nmnist_samples):
     with ChipClient(daemon.address, retries=0) as chip:
         with pytest.raises(DeadlineExceeded):

@@ -220,6 +220,11 @@ def test_a_run_request_encoded_with_its_events_copied_once_parses_as_protobufs_o
     wire.encode_array(events, expected.events)
     wire.encode_array(offsets, expected.offsets)
     assert pb.RunRequest.FromString(wire.encode_run_request(template, events, offsets)) == expected
+    plain = pb.RunRequest()  # anything np.asarray takes, as encode_array
+    plain.CopyFrom(template)
+    wire.encode_array([], plain.events)
+    wire.encode_array(offsets[:1], plain.offsets)
+    assert pb.RunRequest.FromString(wire.encode_run_request(template, [], offsets[:1])) == plain
     strided = pb.RunRequest.FromString(wire.encode_run_request(template, events[::2], offsets[:1]))
     np.testing.assert_array_equal(wire.decode_array(strided.events, "events", DVS_EVENT_DTYPE, 1), events[::2])
 

@@ -381,6 +381,7 @@ def encode_run_request(template: pb.RunRequest, events: np.ndarray, offsets: np.
     ``RunRequest.SerializeToString`` would give, fields in another order, but with the events'
     bytes copied once. Through protobuf they are copied three times (``tobytes``, into the
     message, out of it): 4 MiB uploads ran at 267-302 MB/s that way and 310-364 this way."""
+    events = np.asarray(events)
     head = pb.RunRequest()
     head.CopyFrom(template)
     head.ClearField("events")

@@ -297,8 +297,9 @@ class ChipServicer(pb_grpc.ChipServicer):
             count += 1
         if count == 0:
             raise ResourceExhausted(
-                f"the daemon's max_message_bytes ({self.max_message_bytes}) leaves no room for output events "
-                f"beside {other_bytes} bytes of counts and counters"
+                f"response message larger than max: max_message_bytes ({self.max_message_bytes}) leaves no room "
+                f"for output events beside the answer's other {other_bytes} bytes; run the daemon with a larger "
+                "max_message_bytes"
             )
         return count
 
@@ -399,7 +400,14 @@ class ChipServicer(pb_grpc.ChipServicer):
             response = pb.ReadOutputsResponse(total_events=total, resets=entry.resets)
             wire.encode_layer_arrays(counts, response.counts, "counts")
             wire.encode_array(counters, response.counters, "counters")
-            room = self._events_that_fit(response.ByteSize()) if start < total else 0
+            beside = response.ByteSize()
+            if beside + _events_field_bytes(0) > self.max_message_bytes:
+                raise ResourceExhausted(
+                    f"response message larger than max: the session's counts and counters alone take {beside} "
+                    f"bytes (max_message_bytes {self.max_message_bytes}); open the stream with fewer bins or "
+                    "without spatial_counts, or run the daemon with a larger max_message_bytes"
+                )
+            room = self._events_that_fit(beside) if start < total else 0
             if not paged and total > room:
                 raise ResourceExhausted(
                     f"response message larger than max: the session holds {total} output events, one message "
@@ -425,6 +433,11 @@ class ChipServicer(pb_grpc.ChipServicer):
         membranes = self._do(context, "read_membranes", user, lambda device: entry.session.membranes(layers))
         response = pb.ReadMembranesResponse()
         wire.encode_layer_arrays(membranes, response.membranes, "membranes")
+        if (size := response.ByteSize()) > self.max_message_bytes:  # a layer's state: small, cheap to measure
+            raise ResourceExhausted(
+                f"response message larger than max: the membranes of layers {list(layers)} take {size} bytes "
+                f"(max_message_bytes {self.max_message_bytes}); read fewer layers per call (SessionRequest.layers)"
+            )
         return response
 
     @_answer_errors
