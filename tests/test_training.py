@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import torch
 from chiploop.data.nmnist import default_data_dir
 from chiploop.errors import InvalidArgument
-from chiploop.training.cli import main
+from chiploop.training.cli import checkpoints_written, main
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.evaluate import EvalResult, paired_margin
 from chiploop.training.experiment import (
@@ -429,6 +430,22 @@ def test_options_a_method_would_ignore_are_refused_by_train_and_left_at_defaults
     assert configs["bptt"].pretrain_epochs == 0
     for cfg in configs.values():
         cfg.check().check_applies()
+
+
+def test_a_resume_hint_names_only_checkpoints_this_command_wrote(tmp_path):
+    """train and experiment print a --resume hint when the chip fails them, if they left a checkpoint."""
+    old = tmp_path / "table" / "bptt" / "checkpoint.pt"
+    old.parent.mkdir(parents=True)
+    old.write_text("")
+    os.utime(old, (1000.0, 1000.0))  # a run this command replaces, or one from before it
+    since = time.time()
+    assert not checkpoints_written(str(tmp_path / "table"), since, "checkpoint.pt")
+    new = tmp_path / "table" / "seed1" / "fold0" / "cil-bptt" / "checkpoint.pt"  # nested, as cross-validation lays out
+    new.parent.mkdir(parents=True)
+    new.write_text("")
+    os.utime(new, (since + 1, since + 1))  # the file system's clock may lag time.time() by a tick
+    assert checkpoints_written(str(tmp_path / "table"), since, "checkpoint.pt")
+    assert not checkpoints_written(str(tmp_path / "none"), since, "checkpoint.pt")
 
 
 def test_an_out_that_cannot_hold_the_run_or_holds_one_is_refused_before_anything_runs(tmp_path):

@@ -164,16 +164,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RunStopped as exc:
             print(f"chiploop train: {exc}", file=sys.stderr)
             return 128 + stop.signum  # how a shell reports a process the signal ended
-        except (BackendUnavailable, DeadlineExceeded, NotFound, ResourceExhausted):
-            # The chip failed the run (a daemon gone for good, a queue that stayed full): say where it can go on.
-            checkpoint = os.path.join(cfg.out, CHECKPOINT)
-            if os.path.isfile(checkpoint) and os.path.getmtime(checkpoint) >= started:  # this run's, not one it replaces
-                print(f"chiploop train: the run's last checkpoint is {checkpoint}; the same command with --resume "
-                      "continues from it", file=sys.stderr)
+        except CHIP_FAILURES:
+            if checkpoints_written(cfg.out, started, CHECKPOINT):
+                print(f"chiploop train: the run's last checkpoint is {os.path.join(cfg.out, CHECKPOINT)}; the same "
+                      "command with --resume continues from it", file=sys.stderr)
             raise
     f = result.final
     print(json.dumps({"method": cfg.method, "out": str(result.out), "epochs": len(result.history), **f.as_dict()}, indent=2))
     return 0
+
+
+#: The chip failed the run (a daemon gone for good, a queue that stayed full): the command says
+#: where it can go on.
+CHIP_FAILURES = (BackendUnavailable, DeadlineExceeded, NotFound, ResourceExhausted)
+
+
+def checkpoints_written(out: str, since: float, name: str) -> bool:
+    """Whether this command wrote a checkpoint under ``out`` (not one of a run it replaces)."""
+    found = (os.path.join(folder, name) for folder, _, files in os.walk(out) if name in files)
+    return any(os.path.getmtime(path) >= since for path in found)
 
 
 class SignalStop(threading.Event):
@@ -222,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     _limit_threads(args.threads)
     from chiploop.training.experiment import run_cv, run_experiment, run_folds, run_seeds  # noqa: PLC0415
-    from chiploop.training.trainer import RunStopped  # noqa: PLC0415
+    from chiploop.training.trainer import CHECKPOINT, RunStopped  # noqa: PLC0415
 
     cfg = _config(args, out=args.out, resume=args.resume)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(METHOD_NAMES)
@@ -232,6 +241,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     folds = None if args.folds.strip() == "all" else list(_int_list("folds", args.folds))
     if args.folds and args.fold != _DEFAULTS.fold:
         raise InvalidArgument("fold", "--folds runs the folds it names; --fold picks the one of a single run")
+    started = time.time()
     with stop_on_signals("experiment") as stop:
         try:
             if args.seeds and args.folds:
@@ -249,6 +259,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         except RunStopped as exc:
             print(f"chiploop experiment: {exc}", file=sys.stderr)
             return 128 + stop.signum
+        except CHIP_FAILURES:
+            if checkpoints_written(args.out, started, CHECKPOINT):
+                print(f"chiploop experiment: the runs' checkpoints are under {args.out}; the same command with "
+                      "--resume continues from them", file=sys.stderr)
+            raise
     print(report)
     with open(report) as fh:
         print(fh.read())
