@@ -187,7 +187,7 @@ class ChipClient:
         self._stub = pb_grpc.ChipStub(self._channel)
         # Run takes requests already encoded (wire.encode_run_request: the events copied once).
         self._run_encoded = self._channel.unary_unary(
-            f"/{pb.DESCRIPTOR.services_by_name['Chip'].full_name}/Run",
+            f"/{wire.SERVICE_NAME}/Run",
             request_serializer=None,
             response_deserializer=pb.RunResponse.FromString,
         )

@@ -33,6 +33,9 @@ from chiploop.v1 import chiploop_pb2 as pb
 #: Bumped only with an incompatible change of chiploop.v1 (which would be chiploop.v2).
 PROTOCOL_VERSION = 1
 
+#: The chip service's full name ("chiploop.v1.Chip"): the daemon registers it, the client calls it.
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Chip"].full_name
+
 #: numpy kinds an Array may carry: bool, signed, unsigned, float.
 NUMERIC_KINDS = "biuf"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 from chiploop.errors import InvalidArgument
-from chiploop.v1 import chiploop_pb2, chiploop_pb2_grpc
-from chiploop.wire import tune_malloc
+from chiploop.v1 import chiploop_pb2_grpc
+from chiploop.wire import SERVICE_NAME, tune_malloc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,8 +31,6 @@ RESERVED_THREADS = 16
 
 #: How long stop() waits for the job on the device to end, after the server's grace.
 WORKER_JOIN_S = 5.0
-
-SERVICE_NAME = chiploop_pb2.DESCRIPTOR.services_by_name["Chip"].full_name
 
 
 def server_version() -> str:
