@@ -14,6 +14,7 @@ from chiploop.events import (
     DVS_EVENT_DTYPE,
     concatenate_events,
     make_dvs_events,
+    read_chunks,
     take_events,
 )
 from chiploop.limits import SPECK, ChipLimits
@@ -321,6 +322,17 @@ def test_event_copies_as_bytes_equal_numpys_field_by_field_copies():
     copied = concatenate_events([events])
     copied["x"] = 0
     assert events["x"].any()  # a copy, never a view
+
+
+def test_a_sessions_chunks_are_read_in_slices_joined_once():
+    chunks = [np.zeros(0, CHIP_EVENT_DTYPE)]
+    chunks += [np.array([(0, k, 0, 0, t) for t in range(3)], CHIP_EVENT_DTYPE) for k in (1, 2)]
+    whole = np.concatenate(chunks)
+    assert np.array_equal(read_chunks(chunks, 2, 5), whole[2:5]) and len(chunks) == 1  # joined in place
+    page = read_chunks(chunks)
+    page["t"] = -1
+    assert np.array_equal(read_chunks(chunks), whole)  # pages are copies
+    assert read_chunks([]).dtype == CHIP_EVENT_DTYPE and read_chunks([]).size == 0
 
 
 def test_event_copies_refuse_mixed_dtypes_instead_of_reading_one_as_the_other():

@@ -44,6 +44,17 @@ def concatenate_events(parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([_raw(part) for part in parts]).view(dtype)
 
 
+def read_chunks(chunks: list[np.ndarray], start: int = 0, stop: int | None = None) -> np.ndarray:
+    """A copy of ``[start:stop]`` of the chip events kept as ``chunks`` (a session's, chunk by
+    chunk). The chunks are joined in place, once per read after new ones came: reading in pages
+    copies each page, not the whole list again."""
+    if not chunks:
+        return np.zeros(0, CHIP_EVENT_DTYPE)
+    if len(chunks) > 1:
+        chunks[:] = [concatenate_events(chunks)]
+    return concatenate_events([chunks[0][start:stop]])
+
+
 def take_events(events: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``events[index]`` (an integer or boolean index: a copy) at the speed of copying bytes."""
     return _raw(events)[index].view(events.dtype)

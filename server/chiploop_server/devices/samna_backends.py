@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from chiploop.errors import BackendUnavailable, InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events, concatenate_events
+from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events, concatenate_events, read_chunks
 from chiploop.limits import SPECK
 from chiploop.run import COUNTER_NAMES, Readout, RunResult, bin_counts
 from chiploop.spec import NetworkSpec
@@ -220,11 +220,7 @@ class SamnaSession:
         return out
 
     def output_events(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        if not self._outputs:
-            return np.zeros(0, CHIP_EVENT_DTYPE)
-        if len(self._outputs) > 1:
-            self._outputs = [concatenate_events(self._outputs)]
-        return concatenate_events([self._outputs[0][start:stop]])
+        return read_chunks(self._outputs, start, stop)
 
     def counts(self) -> dict[int, np.ndarray]:
         events = self.output_events()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from chiploop.errors import InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE, MAX_TIME_US, check_dvs_events, concatenate_events
+from chiploop.events import MAX_TIME_US, check_dvs_events, read_chunks
 from chiploop.run import Readout
 
 from chiploop_server.sim.batch import (
@@ -113,11 +113,7 @@ class SimSession:
     def output_events(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Every chip event since open or reset (output and monitored layers), in emission order;
         ``[start:stop]`` of them."""
-        if not self._outputs:
-            return np.zeros(0, CHIP_EVENT_DTYPE)
-        if len(self._outputs) > 1:
-            self._outputs = [concatenate_events(self._outputs)]
-        return concatenate_events([self._outputs[0][start:stop]])  # a copy: the caller may keep or change it
+        return read_chunks(self._outputs, start, stop)  # a copy: the caller may keep or change it
 
     def counts(self) -> dict[int, np.ndarray]:
         """Spike counts in the readout's bins per output or monitored layer: int32 [T, f] (or [T, f, H, W])."""
