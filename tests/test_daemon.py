@@ -275,6 +275,44 @@ def test_paging_is_opt_in_and_the_pages_of_a_read_share_one_reset_count(nmnist_s
             assert stream.read_outputs().output_events.size == 0
 
 
+def test_a_session_keeps_its_newest_outputs_read_in_pages_and_older_ones_are_refused_by_name(daemon, nmnist_samples):
+    """max_session_events bounds what a session keeps; the stream's answers and the counts and
+    counters still cover everything, and asking for what is gone says so."""
+    spec = small_spec(threshold=2, monitor=(0,))
+    chunks = np.array_split(nmnist_samples[0][:2400], 6)
+    readout = Readout(bin_us=100_000, num_bins=3)
+    with ChipClient(daemon.address) as reference, reference.stream(reference.deploy(spec).model_id, readout) as s:
+        answers = [s.send(chunk) for chunk in chunks]
+        everything = s.read_outputs()
+    keep = 1000
+    assert everything.output_events.size > 2 * keep
+    config = DaemonConfig(address="127.0.0.1:0", max_message_bytes=8 << 10, max_session_events=keep, warm_up=False)
+    with Daemon(config) as d, ChipClient(d.address) as chip, grpc.insecure_channel(d.address) as ch:
+        with chip.stream(chip.deploy(spec).model_id, readout) as stream:
+            for chunk, answer in zip(chunks, answers, strict=True):
+                np.testing.assert_array_equal(stream.send(chunk), answer)  # answers are whole
+            kept = stream.read_outputs()  # in pages: 1,000 events do not fit 8 KiB
+        gone = everything.output_events.size - keep
+        assert kept.first_event == gone
+        np.testing.assert_array_equal(kept.output_events, everything.output_events[gone:])
+        np.testing.assert_array_equal(kept.counters, everything.counters)
+        for layer, counts in everything.counts.items():
+            np.testing.assert_array_equal(kept.counts[layer], counts)
+        stub, session = pb_grpc.ChipStub(ch), stream.session_id
+        for request in (pb.SessionRequest(session_id=session), pb.SessionRequest(session_id=session, from_event=0)):
+            refused(
+                lambda request=request: stub.ReadOutputs(request, timeout=10),
+                grpc.StatusCode.FAILED_PRECONDITION, f"newest {keep} output events", "max_session_events",
+                f"events 0..{gone - 1}",
+            )  # fmt: skip
+        page = stub.ReadOutputs(pb.SessionRequest(session_id=session, from_event=gone + 5), timeout=10)
+        assert page.first_event == gone + 5 and page.total_events == everything.output_events.size
+        with ChipClient(d.address) as other:
+            assert other.info().sessions_open == 1
+    with pytest.raises(InvalidArgument, match="max_session_events"):
+        DaemonConfig(max_session_events=-1).check()
+
+
 def test_answers_exactly_at_the_message_limit_are_sent_and_a_byte_over_is_refused_by_name(daemon, nmnist_samples):
     """The daemon's own size checks are exact: they refuse nothing gRPC would send."""
     spec, events = small_spec(threshold=2, monitor=(0,)), nmnist_samples[0][:100]

@@ -99,3 +99,23 @@ def test_a_refused_chunk_leaves_the_session_as_it_was():
         session.feed(make_dvs_events([1, 2], [0, 0], [1, 1], [10, 10_000_000]))
     np.testing.assert_array_equal(session.counters(), before)
     assert session.last_time_us == 5
+
+
+def test_a_bounded_session_keeps_its_newest_outputs_and_counts_them_all():
+    net = SimNetwork.from_spec(branching_network(leak=True))
+    events, readout = sample(), Readout(bin_us=500, num_bins=4)
+    unbounded, bounded = SimSession(net, readout), SimSession(net, readout, max_kept_events=25)
+    for chunk in np.array_split(events, 7):
+        assert unbounded.feed(chunk).tobytes() == bounded.feed(chunk).tobytes()  # answers are whole
+    everything = unbounded.output_events()
+    assert everything.size > 50, "the network should fire past the bound"
+    assert bounded.first_kept_event == everything.size - 25
+    assert bounded.output_events().tobytes() == everything[-25:].tobytes()
+    assert bounded.output_events(everything.size - 3).tobytes() == everything[-3:].tobytes()
+    with pytest.raises(InvalidArgument, match="no longer kept"):
+        bounded.output_events(0)
+    np.testing.assert_array_equal(bounded.counters(), unbounded.counters())
+    for layer, counts in unbounded.counts().items():
+        np.testing.assert_array_equal(bounded.counts()[layer], counts)
+    bounded.reset()
+    assert bounded.first_kept_event == 0 and bounded.output_events().size == 0

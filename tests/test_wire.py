@@ -12,9 +12,9 @@ from chiploop.errors import InvalidArgument
 from chiploop.events import (
     CHIP_EVENT_DTYPE,
     DVS_EVENT_DTYPE,
+    KeptEvents,
     concatenate_events,
     make_dvs_events,
-    read_chunks,
     take_events,
 )
 from chiploop.limits import SPECK, ChipLimits
@@ -324,15 +324,51 @@ def test_event_copies_as_bytes_equal_numpys_field_by_field_copies():
     assert events["x"].any()  # a copy, never a view
 
 
+def _chip_chunk(start: int, size: int) -> np.ndarray:
+    chunk = np.zeros(size, CHIP_EVENT_DTYPE)
+    chunk["t"] = np.arange(start, start + size)  # an event's time is its number
+    return chunk
+
+
 def test_a_sessions_chunks_are_read_in_slices_joined_once():
-    chunks = [np.zeros(0, CHIP_EVENT_DTYPE)]
-    chunks += [np.array([(0, k, 0, 0, t) for t in range(3)], CHIP_EVENT_DTYPE) for k in (1, 2)]
-    whole = np.concatenate(chunks)
-    assert np.array_equal(read_chunks(chunks, 2, 5), whole[2:5]) and len(chunks) == 1  # joined in place
-    page = read_chunks(chunks)
+    kept = KeptEvents()
+    for start, size in ((0, 0), (0, 3), (3, 3)):
+        kept.append(_chip_chunk(start, size))
+    whole = _chip_chunk(0, 6)
+    assert np.array_equal(kept.read(2, 5), whole[2:5]) and len(kept._chunks) == 1  # joined in place
+    page = kept.read()
     page["t"] = -1
-    assert np.array_equal(read_chunks(chunks), whole)  # pages are copies
-    assert read_chunks([]).dtype == CHIP_EVENT_DTYPE and read_chunks([]).size == 0
+    assert np.array_equal(kept.read(), whole)  # pages are copies
+    assert kept.read(9).size == 0 and kept.read(4, 2).size == 0
+    assert KeptEvents().read().dtype == CHIP_EVENT_DTYPE and KeptEvents().read().size == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.none() | st.integers(0, 12),
+    steps=st.lists(st.tuples(st.integers(0, 9), st.booleans()), max_size=12),
+)
+def test_kept_events_keep_the_newest_limit_numbered_since_open(limit, steps):
+    kept, total = KeptEvents(limit), 0
+    for size, read in steps:
+        kept.append(_chip_chunk(total, size))
+        total += size
+        first = total - limit if limit is not None and total > limit else 0
+        assert (kept.total, kept.first, len(kept)) == (total, first, total - first)
+        if read:  # joining and trimming interleave in any order
+            assert np.array_equal(kept.read()["t"], np.arange(first, total))
+            assert np.array_equal(kept.read(first + 1, total - 1)["t"], np.arange(first + 1, total - 1))
+    if kept.first:
+        with pytest.raises(InvalidArgument, match=f"events before {kept.first} are no longer kept"):
+            kept.read(kept.first - 1)
+    kept.clear()
+    assert (kept.total, kept.first, kept.read().size) == (0, 0, 0)
+
+
+def test_kept_events_refuse_a_negative_or_fractional_limit():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InvalidArgument, match="limit"):
+            KeptEvents(bad)
 
 
 def test_event_copies_refuse_mixed_dtypes_instead_of_reading_one_as_the_other():

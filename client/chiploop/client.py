@@ -405,13 +405,15 @@ class ChipClient:
         return ChipStream(self, model_id, Readout() if readout is None else readout, timeout)
 
     def read_outputs(self, session_id: str, timeout: float | None = None) -> SessionOutputs:
-        """Everything the session produced so far; more output events than one message holds
-        come in pages, all within ``timeout``. Counts and counters are those of the first page:
-        events a stream adds meanwhile are left for the next read."""
+        """Every output event the session keeps (its newest ``max_session_events`` since it opened
+        or was reset; ``first_event`` numbers the first one), its counts and counters. More events
+        than one message holds come in pages, all within ``timeout``. Counts and counters are those
+        of the first page: events a stream adds meanwhile are left for the next read."""
         deadline = self._deadline(timeout)
-        first = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id, from_event=0), deadline)
+        request = pb.SessionRequest(session_id=session_id, from_event=0, from_oldest=True)
+        first = self._call(self._stub.ReadOutputs, request, deadline)
         pages = [_output_events(first)]
-        have = pages[0].size
+        have = first.first_event + pages[0].size
         while have < first.total_events:
             r = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id, from_event=have), deadline)
             if r.resets != first.resets:  # the pages would join outputs from before and after it
@@ -421,9 +423,10 @@ class ChipClient:
                 raise FailedPrecondition(f"session {session_id}: no output events from {have} on")
             have += pages[-1].size
         return SessionOutputs(
-            output_events=concatenate_events(pages)[: max(first.total_events, pages[0].size)],
+            output_events=concatenate_events(pages)[: max(first.total_events - first.first_event, pages[0].size)],
             counts={k: np.array(v) for k, v in wire.decode_layer_arrays(first.counts, "counts", np.dtype("<i4")).items()},
             counters=np.array(wire.decode_array(first.counters, "counters", np.dtype("<i8"), 1)),
+            first_event=first.first_event,
         )
 
     def read_membranes(
@@ -459,11 +462,13 @@ class ChipClient:
 
 @dataclass
 class SessionOutputs:
-    """Everything a session produced since it opened or was reset."""
+    """What a session produced since it opened or was reset: counts and counters of everything,
+    the output events it keeps (the newest ``max_session_events`` of the daemon)."""
 
     output_events: np.ndarray  # CHIP_EVENT_DTYPE
     counts: dict[int, np.ndarray]  # per output / monitored layer: int32 [T, f] (or [T, f, H, W])
     counters: np.ndarray  # int64 [4 + layers]: chiploop.run.COUNTER_NAMES, then spikes per layer
+    first_event: int = 0  # the number of output_events[0]: events before it are no longer kept
 
 
 _END = object()

@@ -7,6 +7,7 @@ dtype for events everywhere).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,15 +45,59 @@ def concatenate_events(parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([_raw(part) for part in parts]).view(dtype)
 
 
-def read_chunks(chunks: list[np.ndarray], start: int = 0, stop: int | None = None) -> np.ndarray:
-    """A copy of ``[start:stop]`` of the chip events kept as ``chunks`` (a session's, chunk by
-    chunk). The chunks are joined in place, once per read after new ones came: reading in pages
-    copies each page, not the whole list again."""
-    if not chunks:
-        return np.zeros(0, CHIP_EVENT_DTYPE)
-    if len(chunks) > 1:
-        chunks[:] = [concatenate_events(chunks)]
-    return concatenate_events([chunks[0][start:stop]])
+class KeptEvents:
+    """A session's chip events in emission order, numbered from 0 since it opened or was cleared;
+    the newest ``limit`` of them are kept (None: all). The oldest go first, whole chunks or the
+    front of one; ``first`` is the number of the oldest kept, ``total`` how many came in all.
+
+    Memory: a chunk trimmed at the front stays whole until its last event goes, so up to about
+    twice ``limit`` events are held. Reads join the chunks in place once after new ones came:
+    reading in pages copies each page, not the whole list again."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
+            raise InvalidArgument("limit", f"must be an integer >= 0 or None, got {limit!r}")
+        self.limit = None if limit is None else int(limit)
+        self.clear()
+
+    def clear(self) -> None:
+        self._chunks: deque[np.ndarray] = deque()
+        self.total = 0
+        self.first = 0
+
+    def __len__(self) -> int:
+        return self.total - self.first
+
+    def append(self, events: np.ndarray) -> None:
+        if events.size:
+            self._chunks.append(events)
+            self.total += events.size
+        excess = 0 if self.limit is None else len(self) - self.limit
+        while excess > 0:
+            head = self._chunks[0]
+            if head.size <= excess:
+                self._chunks.popleft()
+                taken = head.size
+            else:
+                self._chunks[0] = head[excess:]
+                taken = excess
+            self.first += taken
+            excess -= taken
+
+    def read(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """A copy of the events numbered ``start`` (default: the oldest kept) up to ``stop``
+        (default: the newest); asking for events no longer kept is InvalidArgument."""
+        start = self.first if start is None else int(start)
+        if start < self.first:
+            raise InvalidArgument(
+                "start", f"events before {self.first} are no longer kept (the newest {self.limit} are), got {start}"
+            )
+        if not self._chunks:
+            return np.zeros(0, CHIP_EVENT_DTYPE)
+        if len(self._chunks) > 1:
+            self._chunks = deque([concatenate_events(list(self._chunks))])
+        stop = self.total if stop is None else max(start, min(int(stop), self.total))
+        return concatenate_events([self._chunks[0][start - self.first : stop - self.first]])
 
 
 def take_events(events: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue", type=int, help=f"jobs that may wait for the device (default {defaults.max_queue})")
     serve.add_argument("--max-models", type=int, help=f"deployed models kept (default {defaults.max_models})")
     serve.add_argument("--max-sessions", type=int, help=f"stream sessions kept (default {defaults.max_sessions})")
+    serve.add_argument("--max-session-events", type=int, help=f"output events a session keeps, the newest (default {defaults.max_session_events}; 0: none)")
     serve.add_argument("--max-streams", type=int, help=f"streams open at once (default {defaults.max_streams})")
     serve.add_argument("--session-ttl-s", type=float, help=f"seconds an ended session stays readable (default {defaults.session_ttl_s:g})")
     serve.add_argument("--grace-s", type=float, help=f"seconds running calls get on SIGTERM (default {defaults.grace_s:g})")
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 _SETTINGS = (
     "address", "backend", "workers", "config", "max_message_bytes", "max_queue", "max_models",
-    "max_sessions", "max_streams", "session_ttl_s", "grace_s", "port_file", "parent_pid", "warm_up",
+    "max_sessions", "max_session_events", "max_streams", "session_ttl_s", "grace_s", "port_file", "parent_pid", "warm_up",
     "log_level",
 )  # fmt: skip
 

@@ -49,6 +49,10 @@ class DaemonConfig:
     max_models: int = 64
     #: Stream sessions kept (see chiploop_server.sessions for their lifetime).
     max_sessions: int = 64
+    #: Output events a session keeps for ReadOutputs, its newest (16 bytes each: 64 MiB per
+    #: session, up to twice that while old chunks are trimmed); older ones were answered to the
+    #: stream and are dropped. 0 keeps none (a live stream that reads its answers only).
+    max_session_events: int = 1 << 22
     #: Streams open at the same time (each holds one server thread while it is open).
     max_streams: int = 16
     #: Seconds an ended stream's session stays readable after its last use.
@@ -77,6 +81,8 @@ class DaemonConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidArgument(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.max_session_events < 0:
+            raise InvalidArgument("max_session_events", f"must be >= 0, got {self.max_session_events}")
         if self.workers > MAX_WORKERS:
             raise InvalidArgument("workers", f"must be 1..{MAX_WORKERS}, got {self.workers}")
         for name in ("session_ttl_s", "grace_s"):

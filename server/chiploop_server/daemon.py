@@ -54,7 +54,9 @@ class Daemon:
         self.device = device if device is not None else open_device(config.backend, workers=config.workers)
         self.registry = Registry(self.device, max_models=config.max_models)
         self.scheduler = Scheduler(self.device, max_queue=config.max_queue)
-        self.sessions = SessionStore(max_sessions=config.max_sessions, ttl_s=config.session_ttl_s)
+        self.sessions = SessionStore(
+            max_sessions=config.max_sessions, ttl_s=config.session_ttl_s, max_kept_events=config.max_session_events
+        )
         self.servicer = ChipServicer(
             self.device,
             self.registry,

@@ -6,7 +6,8 @@ call and OUTLIVES the stream, so its outputs and membranes stay readable
 dropped when it has not been used for ``ttl_s`` seconds after its stream ended, or, when ``max_sessions``
 are open and another is asked for, the least recently used session whose stream
 has ended goes first. While every session still streams, a new one is refused
-(RESOURCE_EXHAUSTED). Reset zeroes a session's state; it does not close it.
+(RESOURCE_EXHAUSTED). Reset zeroes a session's state; it does not close it. A session keeps
+its newest ``max_kept_events`` output events (the stream's answers carried every one).
 A session belongs to the user who opened it; to anyone else it does not exist.
 """
 
@@ -42,9 +43,16 @@ class SessionEntry:
 
 
 class SessionStore:
-    def __init__(self, max_sessions: int = 64, ttl_s: float = 600.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_sessions: int = 64,
+        ttl_s: float = 600.0,
+        max_kept_events: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
+        self.max_kept_events = max_kept_events
         self._clock = clock
         self._entries: OrderedDict[str, SessionEntry] = OrderedDict()
         self._lock = threading.Lock()

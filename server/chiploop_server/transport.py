@@ -335,8 +335,9 @@ class ChipServicer(pb_grpc.ChipServicer):
             paged = first.open.paged
             readout = wire.decode_readout(first.open.readout)
             readout.check(len(model.spec.layers))
+            keep = self.sessions.max_kept_events
             session = self._do(
-                context, "open", user, lambda device: device.open_session(model.handle, readout), call=call,
+                context, "open", user, lambda device: device.open_session(model.handle, readout, keep), call=call,
                 reserved=True,
             )
             entry = self.sessions.add(
@@ -382,22 +383,30 @@ class ChipServicer(pb_grpc.ChipServicer):
         user = user_of(context)
         entry = self.sessions.get(request.session_id, user)
 
-        paged, start = request.HasField("from_event"), request.from_event
-        if start < 0:
-            raise InvalidArgument("from_event", f"must be >= 0, got {start}")
+        paged, asked = request.HasField("from_event"), request.from_event
+        if asked < 0:
+            raise InvalidArgument("from_event", f"must be >= 0, got {asked}")
 
         def read(device: Device) -> tuple:
             # One job: the page, the counts and the reset count all describe one state of the session
             # (the counts are encoded here, as the room left for the page depends on their size).
             s = entry.session
             counts, counters = s.counts(), np.asarray(s.counters(), np.int64)
-            total = int(counters[OUTPUT_EVENTS])
+            total, oldest = int(counters[OUTPUT_EVENTS]), s.first_kept_event
+            start = oldest if paged and request.from_oldest and asked < oldest else asked
             if start > total:
                 raise FailedPrecondition(
                     f"from_event {start} is past the session's {total} output events (was it reset while "
                     "they were read?)"
                 )
-            response = pb.ReadOutputsResponse(total_events=total, resets=entry.resets)
+            if start < oldest:
+                ask = f"read from_event >= {oldest}" if paged else "read in pages (SessionRequest.from_event)"
+                raise FailedPrecondition(
+                    f"the session keeps its newest {self.sessions.max_kept_events} output events (the daemon's "
+                    f"max_session_events), events {start}..{oldest - 1} of its {total} are gone: {ask}, or "
+                    "from_oldest (ChipClient.read_outputs reads what is kept)"
+                )
+            response = pb.ReadOutputsResponse(total_events=total, resets=entry.resets, first_event=start)
             wire.encode_layer_arrays(counts, response.counts, "counts")
             wire.encode_array(counters, response.counters, "counters")
             beside = response.ByteSize()

@@ -306,28 +306,32 @@ class StreamResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., output_events: _Optional[_Union[Array, _Mapping]] = ..., events_in: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
-    __slots__ = ("session_id", "layers", "from_event")
+    __slots__ = ("session_id", "layers", "from_event", "from_oldest")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     FROM_EVENT_FIELD_NUMBER: _ClassVar[int]
+    FROM_OLDEST_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     layers: _containers.RepeatedScalarFieldContainer[int]
     from_event: int
-    def __init__(self, session_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., from_event: _Optional[int] = ...) -> None: ...
+    from_oldest: bool
+    def __init__(self, session_id: _Optional[str] = ..., layers: _Optional[_Iterable[int]] = ..., from_event: _Optional[int] = ..., from_oldest: _Optional[bool] = ...) -> None: ...
 
 class ReadOutputsResponse(_message.Message):
-    __slots__ = ("output_events", "counts", "counters", "total_events", "resets")
+    __slots__ = ("output_events", "counts", "counters", "total_events", "resets", "first_event")
     OUTPUT_EVENTS_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_EVENTS_FIELD_NUMBER: _ClassVar[int]
     RESETS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_EVENT_FIELD_NUMBER: _ClassVar[int]
     output_events: Array
     counts: _containers.RepeatedCompositeFieldContainer[LayerArray]
     counters: Array
     total_events: int
     resets: int
-    def __init__(self, output_events: _Optional[_Union[Array, _Mapping]] = ..., counts: _Optional[_Iterable[_Union[LayerArray, _Mapping]]] = ..., counters: _Optional[_Union[Array, _Mapping]] = ..., total_events: _Optional[int] = ..., resets: _Optional[int] = ...) -> None: ...
+    first_event: int
+    def __init__(self, output_events: _Optional[_Union[Array, _Mapping]] = ..., counts: _Optional[_Iterable[_Union[LayerArray, _Mapping]]] = ..., counters: _Optional[_Union[Array, _Mapping]] = ..., total_events: _Optional[int] = ..., resets: _Optional[int] = ..., first_event: _Optional[int] = ...) -> None: ...
 
 class ReadMembranesResponse(_message.Message):
     __slots__ = ("membranes",)

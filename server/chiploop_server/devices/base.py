@@ -26,16 +26,22 @@ class Session(Protocol):
     def feed(self, events: np.ndarray) -> np.ndarray:
         """Take the next time-sorted chunk of DVS events; return the chip events it caused."""
 
-    def output_events(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Every chip event since the session opened or was last reset, ``[start:stop]`` of them
-        (a copy: read in pages, a long session's outputs are not copied whole for each page)."""
+    def output_events(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """The chip events since the session opened or was last reset that it still keeps, those
+        numbered ``start`` (default: the oldest kept) up to ``stop``; a copy (read in pages, a long
+        session's outputs are not copied whole for each page). chiploop.events.KeptEvents keeps them."""
+
+    @property
+    def first_kept_event(self) -> int:
+        """The number of the oldest chip event still kept: events before it were dropped (the
+        session keeps its newest ``max_kept_events``), 0 until then."""
 
     def counts(self) -> dict[int, np.ndarray]:
         """Spike counts per output / monitored layer in the session readout's bins."""
 
     def counters(self) -> np.ndarray:
         """int64 [4 + layers]: chiploop.run.COUNTER_NAMES, then spikes per layer; its output_events
-        is how many ``output_events()`` holds."""
+        counts every chip event since open or reset, the ones no longer kept included."""
 
     def membranes(self, layers: tuple[int, ...]) -> dict[int, np.ndarray]:
         """The current int16 [f, H, W] states of the given layers."""
@@ -72,8 +78,9 @@ class Device(ABC):
         """A batch of samples from fresh states; ``compute_seconds`` is the time spent."""
 
     @abstractmethod
-    def open_session(self, handle: Any, readout: Readout) -> Session:
-        """A stream session over the network."""
+    def open_session(self, handle: Any, readout: Readout, max_kept_events: int | None = None) -> Session:
+        """A stream session over the network, keeping its newest ``max_kept_events`` chip events
+        (None: all of them)."""
 
     def warm_up(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Do once at start-up what would make the first request slow (JIT compiles, board opening)."""

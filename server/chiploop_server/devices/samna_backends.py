@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from chiploop.errors import BackendUnavailable, InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events, concatenate_events, read_chunks
+from chiploop.events import CHIP_EVENT_DTYPE, KeptEvents, check_dvs_events, concatenate_events
 from chiploop.limits import SPECK
 from chiploop.run import COUNTER_NAMES, Readout, RunResult, bin_counts
 from chiploop.spec import NetworkSpec
@@ -179,9 +179,9 @@ class SamnaDevice(Device):
             compute_seconds=time.perf_counter() - started,
         )
 
-    def open_session(self, handle: SamnaModel, readout: Readout) -> Session:
+    def open_session(self, handle: SamnaModel, readout: Readout, max_kept_events: int | None = None) -> Session:
         check_readout(readout, len(handle.spec.layers), self.mode, self.name)
-        return SamnaSession(self, handle, readout)
+        return SamnaSession(self, handle, readout, max_kept_events)
 
     # What each backend fills in.
     def build(self, spec: NetworkSpec, cores: list[int]) -> Any:
@@ -196,13 +196,18 @@ class SamnaDevice(Device):
 
 
 class SamnaSession:
-    def __init__(self, device: SamnaDevice, handle: SamnaModel, readout: Readout) -> None:
+    def __init__(
+        self, device: SamnaDevice, handle: SamnaModel, readout: Readout, max_kept_events: int | None = None
+    ) -> None:
         self.device, self.handle, self.readout = device, handle, readout
+        self._outputs = KeptEvents(max_kept_events)
         self.reset()
 
     def reset(self) -> None:
         self.device.reset_states(self.handle)
-        self._outputs: list[np.ndarray] = []
+        self._outputs.clear()
+        # Counted chunk by chunk (bins are absolute times), as the oldest events may be dropped.
+        self._counts = bin_counts(self.handle.spec, self._outputs.read(), np.array([0, 0]), self.readout)
         self._counters = np.zeros(N_COUNTERS + len(self.handle.spec.layers), np.int64)
 
     def feed(self, events: np.ndarray) -> np.ndarray:
@@ -213,19 +218,23 @@ class SamnaSession:
         c, y, x, kept = self.device._map_input(spec.input, events)
         out = self.device.feed(self.handle, c[kept], y[kept], x[kept], events["t"][kept])
         self._outputs.append(out)
+        for layer, counts in bin_counts(spec, out, np.array([0, out.size]), self.readout).items():
+            self._counts[layer] += counts
         self._counters[0] += events.size
         self._counters[1] += int((~kept).sum())
         self._counters[3] += out.size
         self._counters[N_COUNTERS:] += np.bincount(out["layer"], minlength=len(spec.layers))[: len(spec.layers)]
         return out
 
-    def output_events(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return read_chunks(self._outputs, start, stop)
+    def output_events(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        return self._outputs.read(start, stop)
+
+    @property
+    def first_kept_event(self) -> int:
+        return self._outputs.first
 
     def counts(self) -> dict[int, np.ndarray]:
-        events = self.output_events()
-        counts = bin_counts(self.handle.spec, events, np.array([0, events.size]), self.readout)
-        return {layer: c[0] for layer, c in counts.items()}
+        return {layer: c[0].copy() for layer, c in self._counts.items()}
 
     def counters(self) -> np.ndarray:
         return self._counters.copy()

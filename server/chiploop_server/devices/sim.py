@@ -43,8 +43,8 @@ class SimDevice(Device):
         # run_batch measures its own compute_seconds (validation and the kernels).
         return self._sim.run_batch(handle, events, offsets, readout, workers=self.workers)
 
-    def open_session(self, handle: Any, readout: Readout) -> Session:
-        return self._sim.SimSession(handle, readout)
+    def open_session(self, handle: Any, readout: Readout, max_kept_events: int | None = None) -> Session:
+        return self._sim.SimSession(handle, readout, max_kept_events=max_kept_events)
 
     def warm_up(self) -> None:
         """Compile the kernels (numba) before the first request instead of during it."""

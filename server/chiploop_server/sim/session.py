@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from chiploop.errors import InvalidArgument
-from chiploop.events import MAX_TIME_US, check_dvs_events, read_chunks
+from chiploop.events import MAX_TIME_US, KeptEvents, check_dvs_events
 from chiploop.run import Readout
 
 from chiploop_server.sim.batch import (
@@ -34,10 +34,17 @@ class SimSession:
     The readout's bins define counts(); membranes() reads the current state. Only
     the asynchronous modes stream (a time step cannot close before its bin ends):
     a sync readout is refused. Leak ticks run up to the last event fed (or the
-    time given to advance()). Not thread-safe: one caller at a time.
+    time given to advance()). The newest ``max_kept_events`` chip events are kept for
+    output_events() (None: all; the daemon bounds them). Not thread-safe: one caller at a time.
     """
 
-    def __init__(self, net: SimNetwork, readout: Readout, max_spikes: int = MAX_SPIKES_PER_SAMPLE) -> None:
+    def __init__(
+        self,
+        net: SimNetwork,
+        readout: Readout,
+        max_spikes: int = MAX_SPIKES_PER_SAMPLE,
+        max_kept_events: int | None = None,
+    ) -> None:
         if not isinstance(net, SimNetwork):
             raise InvalidArgument("net", f"must be a SimNetwork, got {type(net).__name__}")
         check_readout(net, readout)
@@ -50,6 +57,7 @@ class SimSession:
         refuse_large_readout(4 * cnt_size, "a stream session")  # read whole by every ReadOutputs
         self._mem_ofs = np.full(net.num_layers, -1, np.int64)
         self._counts = np.zeros(cnt_size, np.int32)
+        self._outputs = KeptEvents(max_kept_events)
         self.reset()
 
     def reset(self) -> None:
@@ -58,7 +66,7 @@ class SimSession:
         self._next_tick = initial_ticks(self.net.meta)
         self._counts[:] = 0
         self._counters = np.zeros(N_COUNTERS + self.net.num_layers, np.int64)
-        self._outputs: list[np.ndarray] = []
+        self._outputs.clear()
         self._last_t = 0
 
     @property
@@ -110,10 +118,15 @@ class SimSession:
         self._outputs.append(out)
         return out
 
-    def output_events(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Every chip event since open or reset (output and monitored layers), in emission order;
-        ``[start:stop]`` of them."""
-        return read_chunks(self._outputs, start, stop)  # a copy: the caller may keep or change it
+    def output_events(self, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """The chip events since open or reset (output and monitored layers) still kept, in emission
+        order; those numbered ``start`` (default: the oldest kept) to ``stop``. A copy."""
+        return self._outputs.read(start, stop)
+
+    @property
+    def first_kept_event(self) -> int:
+        """The number of the oldest chip event still kept (0 until events were dropped)."""
+        return self._outputs.first
 
     def counts(self) -> dict[int, np.ndarray]:
         """Spike counts in the readout's bins per output or monitored layer: int32 [T, f] (or [T, f, H, W])."""
