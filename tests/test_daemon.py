@@ -307,6 +307,8 @@ def test_a_session_keeps_its_newest_outputs_read_in_pages_and_older_ones_are_ref
             )  # fmt: skip
         page = stub.ReadOutputs(pb.SessionRequest(session_id=session, from_event=gone + 5), timeout=10)
         assert page.first_event == gone + 5 and page.total_events == everything.output_events.size
+        oldest = pb.SessionRequest(session_id=session, from_oldest=True)  # unpaged: what is kept, if it fits
+        refused(lambda: stub.ReadOutputs(oldest, timeout=10), grpc.StatusCode.RESOURCE_EXHAUSTED, "read them in pages")
         with ChipClient(d.address) as other:
             assert other.info().sessions_open == 1
     with pytest.raises(InvalidArgument, match="max_session_events"):

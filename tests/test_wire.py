@@ -365,6 +365,23 @@ def test_kept_events_keep_the_newest_limit_numbered_since_open(limit, steps):
     assert (kept.total, kept.first, kept.read().size) == (0, 0, 0)
 
 
+def test_kept_events_hold_about_twice_their_limit_however_large_a_chunk():
+    def held_bytes(kept: KeptEvents) -> int:  # the memory behind the chunks, each owner once
+        owners = {id(c.base if isinstance(c.base, np.ndarray) else c): c for c in kept._chunks}
+        return sum((c.base if isinstance(c.base, np.ndarray) else c).nbytes for c in owners.values())
+
+    kept, item = KeptEvents(10), CHIP_EVENT_DTYPE.itemsize
+    kept.append(_chip_chunk(0, 100_000))  # one chunk far past the limit: its tail is copied out
+    assert held_bytes(kept) <= 2 * 10 * item and np.array_equal(kept.read()["t"], np.arange(99_990, 100_000))
+    kept, total = KeptEvents(1000), 0
+    for size in (700, 900, 50, 3000, 1, 1, 999, 400):
+        kept.append(_chip_chunk(total, size))
+        total += size
+        if size == 50:
+            kept.read()  # joins the chunks: one owner, then trimmed a little at a time
+        assert held_bytes(kept) <= 2 * 1000 * item
+
+
 def test_kept_events_refuse_a_negative_or_fractional_limit():
     for bad in (-1, 1.5, True):
         with pytest.raises(InvalidArgument, match="limit"):

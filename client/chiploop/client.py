@@ -415,9 +415,15 @@ class ChipClient:
         pages = [_output_events(first)]
         have = first.first_event + pages[0].size
         while have < first.total_events:
-            r = self._call(self._stub.ReadOutputs, pb.SessionRequest(session_id=session_id, from_event=have), deadline)
+            request = pb.SessionRequest(session_id=session_id, from_event=have, from_oldest=True)
+            r = self._call(self._stub.ReadOutputs, request, deadline)
             if r.resets != first.resets:  # the pages would join outputs from before and after it
                 raise FailedPrecondition(f"session {session_id} was reset while its outputs were read")
+            if r.first_event > have:  # from_oldest moved the page on: the stream's feeding dropped them
+                raise FailedPrecondition(
+                    f"session {session_id}: output events {have}..{r.first_event - 1} were dropped while the "
+                    "outputs were read (its stream fed past the daemon's max_session_events); read again"
+                )
             pages.append(_output_events(r))
             if pages[-1].size == 0:  # never spin, whatever a daemon answers
                 raise FailedPrecondition(f"session {session_id}: no output events from {have} on")

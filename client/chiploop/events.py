@@ -50,9 +50,10 @@ class KeptEvents:
     the newest ``limit`` of them are kept (None: all). The oldest go first, whole chunks or the
     front of one; ``first`` is the number of the oldest kept, ``total`` how many came in all.
 
-    Memory: a chunk trimmed at the front stays whole until its last event goes, so up to about
-    twice ``limit`` events are held. Reads join the chunks in place once after new ones came:
-    reading in pages copies each page, not the whole list again."""
+    Memory: a chunk trimmed at the front is kept as a view of it while that holds at least half
+    of its memory, a copy after, so at most about twice ``limit`` events are held. Reads join the
+    chunks in place once after new ones came: reading in pages copies each page, not the whole
+    list again."""
 
     def __init__(self, limit: int | None = None) -> None:
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
@@ -79,7 +80,9 @@ class KeptEvents:
                 self._chunks.popleft()
                 taken = head.size
             else:
-                self._chunks[0] = head[excess:]
+                rest = head[excess:]
+                owner = rest.base if isinstance(rest.base, np.ndarray) else rest
+                self._chunks[0] = rest if 2 * rest.nbytes >= owner.nbytes else rest.copy()
                 taken = excess
             self.first += taken
             excess -= taken

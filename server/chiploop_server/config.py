@@ -50,8 +50,8 @@ class DaemonConfig:
     #: Stream sessions kept (see chiploop_server.sessions for their lifetime).
     max_sessions: int = 64
     #: Output events a session keeps for ReadOutputs, its newest (16 bytes each: 64 MiB per
-    #: session, up to twice that while old chunks are trimmed); older ones were answered to the
-    #: stream and are dropped. 0 keeps none (a live stream that reads its answers only).
+    #: session, at most about twice that while old chunks are trimmed); older ones were answered
+    #: to the stream and are dropped. 0 keeps none (a live stream that reads its answers only).
     max_session_events: int = 1 << 22
     #: Streams open at the same time (each holds one server thread while it is open).
     max_streams: int = 16

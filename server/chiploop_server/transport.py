@@ -393,18 +393,18 @@ class ChipServicer(pb_grpc.ChipServicer):
             s = entry.session
             counts, counters = s.counts(), np.asarray(s.counters(), np.int64)
             total, oldest = int(counters[OUTPUT_EVENTS]), s.first_kept_event
-            start = oldest if paged and request.from_oldest and asked < oldest else asked
+            start = oldest if request.from_oldest and asked < oldest else asked
             if start > total:
                 raise FailedPrecondition(
                     f"from_event {start} is past the session's {total} output events (was it reset while "
                     "they were read?)"
                 )
             if start < oldest:
-                ask = f"read from_event >= {oldest}" if paged else "read in pages (SessionRequest.from_event)"
                 raise FailedPrecondition(
                     f"the session keeps its newest {self.sessions.max_kept_events} output events (the daemon's "
-                    f"max_session_events), events {start}..{oldest - 1} of its {total} are gone: {ask}, or "
-                    "from_oldest (ChipClient.read_outputs reads what is kept)"
+                    f"max_session_events), events {start}..{oldest - 1} of its {total} are gone: ask from_event "
+                    f">= {oldest}, or set from_oldest to start at the oldest kept (a client from before this "
+                    "bound cannot read them: upgrade chiploop)"
                 )
             response = pb.ReadOutputsResponse(total_events=total, resets=entry.resets, first_event=start)
             wire.encode_layer_arrays(counts, response.counts, "counts")
