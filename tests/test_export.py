@@ -7,13 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from chiploop.architectures import NMNIST_PAPER
+from chiploop.architectures import NMNIST_PAPER, Architecture, ConvStage
 from chiploop.data import NMNIST, make_batch, readout_for
-from chiploop.errors import NetworkRejected
-from chiploop.export import ann_to_snn, balance, export_spec, integer_layers
+from chiploop.errors import InvalidArgument, NetworkRejected
+from chiploop.export import ann_to_snn, balance, export_spec, integer_layers, updated_weights
 from chiploop.limits import validate
 from chiploop.models import ANNTwin, SpikingCNN, data_init, leak_ticks, scaled_architecture
 from chiploop.run import pack_samples
+from chiploop.spec import InputLayer
 from chiploop.training.device import resolve_device
 from chiploop_server.sim import SimNetwork, run_batch
 from conftest import DATA, needs_data
@@ -166,3 +167,51 @@ def test_architecture_spec_passes_values_on_uncast_so_validation_refuses_what_th
     weights[0] = np.ones(shapes[0], np.int8)
     with pytest.raises(InvalidArgument, match=r"layers\[3\]\.threshold_high: must be an integer, got 2.9"):
         validate(NMNIST_PAPER.spec(weights, [10, 10, 10, 2.9, 10, 10]))
+
+
+# ---------------------------------------------------------------- a network of one's own
+
+BARS = Architecture(  # a 128x128 sensor pooled 4x4 on the chip, polarities merged
+    name="bars",
+    in_shape=(1, 32, 32),
+    stages=(ConvStage(8, 3, padding=1, pool=2), ConvStage(16, 3, padding=1, pool=2), ConvStage(4, 8)),
+)
+
+
+def test_a_network_of_ones_own_exports_for_its_own_input_and_refuses_another():
+    model = SpikingCNN(BARS)
+    default = export_spec(model, bin_us=1000)
+    assert default.input == InputLayer(sensor_size=(32, 32), merge_polarities=True)
+    pooled = InputLayer(sensor_size=(128, 128), pool=(4, 4), merge_polarities=True)
+    assert export_spec(model, bin_us=1000, input_layer=pooled).input == pooled
+    for wrong in (InputLayer(sensor_size=(128, 128), merge_polarities=True), replace(pooled, merge_polarities=False)):
+        with pytest.raises(InvalidArgument, match=r"input: the input stage gives .* bars takes \(1, 32, 32\)"):
+            export_spec(model, bin_us=1000, input_layer=wrong)
+    with pytest.raises(InvalidArgument, match=r"input: the input stage gives \(2, 34, 34\)"):
+        BARS.spec([], [], input_layer=InputLayer(sensor_size=(34, 34)))
+
+
+def test_frames_of_another_shape_a_bias_or_a_foreign_model_are_refused_by_name():
+    model = SpikingCNN(BARS)
+    with pytest.raises(InvalidArgument, match=r"frames: bars takes \(C, H, W\) = \(1, 32, 32\) per bin, got \(2, 32, 32\)"):
+        model(torch.zeros(1, 2, 2, 32, 32))
+    with pytest.raises(InvalidArgument, match=r"frames: .* got \(2, 34, 34\)"):
+        ANNTwin(BARS)(torch.zeros(1, 2, 34, 34))
+    model.convs[1] = torch.nn.Conv2d(8, 16, 3, padding=1, bias=True)
+    for call in (lambda: model(torch.zeros(1, 2, 1, 32, 32)), lambda: export_spec(model, 1000), lambda: updated_weights(model)):
+        with pytest.raises(InvalidArgument, match=r"layers\[1\]\.bias: the chip has no biases"):
+            call()
+    for foreign in (torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3)), ANNTwin(BARS)):
+        with pytest.raises(InvalidArgument, match="model: must be a chiploop.models.SpikingCNN"):
+            export_spec(foreign, bin_us=1000)
+
+
+def test_a_leaky_models_default_ticks_are_the_exported_networks():
+    torch.manual_seed(3)
+    model = SpikingCNN(BARS, neuron="leaky", leak_init=-0.2)
+    frames = torch.rand(2, 4, 1, 32, 32).round() * 3
+    default = model(frames).v_mem
+    assert torch.equal(default, model(frames, ticks=leak_ticks(0, 1000, 4, 1000)).v_mem)  # the export's period
+    assert not torch.equal(default, model(frames, ticks=[1, 1, 1, 1]).v_mem)
+    with pytest.raises(InvalidArgument, match="ticks: one count per bin: frames have 4 bins, ticks 3"):
+        model(frames, ticks=[0, 1, 1])

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from chiploop.errors import InvalidArgument
 from chiploop.spec import InputLayer, Layer, NetworkSpec
 
 #: The spiking CNN's neuron kinds and output readouts (``chiploop.models``), here so that the
@@ -52,7 +53,7 @@ class Architecture:
         self,
         weights: list[np.ndarray],
         thresholds: list[int],
-        sensor_size: tuple[int, int] = (34, 34),
+        input_layer: InputLayer | None = None,
         reset: str = "subtract",
         leaks: list[np.ndarray | None] | None = None,
         leak_period_us: int = 0,
@@ -62,7 +63,19 @@ class Architecture:
 
         Values are passed on as given, not cast: ``chiploop.limits.validate`` (which export,
         deploy and the daemon run) refuses floats and out-of-range values by name, where a cast
-        here would wrap 200 to -56 and truncate 2.9 to 2 before anything could see them."""
+        here would wrap 200 to -56 and truncate 2.9 to 2 before anything could see them.
+
+        input_layer: the chip's input stage (a sensor with pooling or a crop); by default a sensor of
+        ``in_shape``'s size, polarities merged when it has one channel. Its output must be
+        ``in_shape``: a network exported for another input would run, on other shapes, a network
+        other than the one trained."""
+        stage = self.default_input_layer() if input_layer is None else input_layer
+        if stage.out_shape != self.in_shape:
+            raise InvalidArgument(
+                "input",
+                f"the input stage gives {stage.out_shape} (sensor {stage.sensor_size}, pool {stage.pool}, crop "
+                f"{stage.crop}, merge_polarities {stage.merge_polarities}); {self.name} takes {self.in_shape}",
+            )
         n = len(self.stages)
         leaks = leaks or [None] * n
         layers = [
@@ -80,11 +93,12 @@ class Architecture:
             )
             for i, s in enumerate(self.stages)
         ]
-        return NetworkSpec(
-            layers=tuple(layers),
-            input=InputLayer(sensor_size=sensor_size, merge_polarities=self.in_shape[0] == 1),
-            monitor=monitor,
-        )
+        return NetworkSpec(layers=tuple(layers), input=stage, monitor=monitor)
+
+    def default_input_layer(self) -> InputLayer:
+        """A sensor of ``in_shape``'s size with nothing in between (the default input stage)."""
+        c, h, w = self.in_shape
+        return InputLayer(sensor_size=(h, w), merge_polarities=c == 1)
 
 
 #: The paper's kind of network for N-MNIST: five spiking conv layers and one fully

@@ -18,7 +18,7 @@ from chiploop.errors import InvalidArgument
 from chiploop.limits import validate
 from chiploop.models import ANNTwin, SpikingCNN
 from chiploop.quant import quantize_leak, quantize_weights
-from chiploop.spec import NetworkSpec
+from chiploop.spec import InputLayer, NetworkSpec
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,19 @@ class IntegerLayer:
     leak: np.ndarray | None  # int16 [f], added once per bin
 
 
+def check_chip_model(model: object) -> SpikingCNN:
+    """``model`` if the chip can run it: a SpikingCNN (ann_to_snn makes one of an ANNTwin) whose
+    convolutions have no bias (the chip has none: a leak is its closest thing)."""
+    if not isinstance(model, SpikingCNN):
+        hint = " (ann_to_snn converts an ANNTwin)" if isinstance(model, ANNTwin) else ""
+        raise InvalidArgument("model", f"must be a chiploop.models.SpikingCNN{hint}, got {type(model).__name__}")
+    model.check_no_bias()
+    return model
+
+
 def integer_layers(model: SpikingCNN) -> list[IntegerLayer]:
     """The integer parameters of every layer, exactly as the quantized forward uses them."""
+    check_chip_model(model)
     layers = []
     for i, conv in enumerate(model.convs):
         high, low = model.thresholds(i, quantized=True)
@@ -45,20 +56,22 @@ def integer_layers(model: SpikingCNN) -> list[IntegerLayer]:
 def export_spec(
     model: SpikingCNN,
     bin_us: int,
-    sensor_size: tuple[int, int] = (34, 34),
+    input_layer: InputLayer | None = None,
     monitor: tuple[int, ...] = (),
 ) -> NetworkSpec:
     """The chip network of a (quantized) spiking CNN, validated against the chip's limits.
 
     bin_us: the readout bin width; leaky layers get it as their leak period, so
     the chip adds the leak once per bin as the synchronous model does.
+    input_layer: the chip's input stage (``Architecture.spec``); by default a sensor of the
+    model's input size. One whose output is not the model's input shape is refused.
     """
     layers = integer_layers(model)
     leaky = model.leaks is not None
     spec = model.arch.spec(
         weights=[q.weights for q in layers],
         thresholds=[q.threshold_high for q in layers],
-        sensor_size=sensor_size,
+        input_layer=input_layer,
         reset="subtract",
         leaks=[q.leak for q in layers] if leaky else None,
         leak_period_us=int(bin_us) if leaky else 0,
@@ -74,6 +87,7 @@ def updated_weights(model: SpikingCNN, layers: Iterable[int] | None = None) -> d
     """The incremental update for ``ChipClient.update_weights`` (every layer by default):
     ``{layer: int8 weights}``, or ``{layer: {"weights": .., "leak": ..}}`` for leaky neurons
     (the leak is trained like a bias, so it moves with the weights)."""
+    check_chip_model(model)
     idx = range(model.num_layers) if layers is None else layers
     out: dict[int, np.ndarray | dict] = {}
     for i in idx:

@@ -19,7 +19,7 @@ chip's leak period to the bin width, so both add it once per bin.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -195,6 +195,24 @@ class _ConvStack(nn.Module):
     def num_layers(self) -> int:
         return len(self.convs)
 
+    def check_input(self, shape: Sequence[int]) -> None:
+        """Refuse input of another (C, H, W) than the architecture's (a sensor of another size, polarities
+        merged or not), and a conv with a bias, before the convolutions meet either."""
+        if tuple(shape) != self.arch.in_shape:
+            raise InvalidArgument(
+                "frames", f"{self.arch.name} takes (C, H, W) = {self.arch.in_shape} per bin, got {tuple(shape)}"
+            )
+        self.check_no_bias()
+
+    def check_no_bias(self) -> None:
+        """Refuse a conv with a bias (one swapped in): the forward passes and the export would
+        ignore it, and the chip has none; a leak (neuron='leaky') is its closest thing."""
+        for i, conv in enumerate(self.convs):
+            if getattr(conv, "bias", None) is not None:
+                raise InvalidArgument(
+                    f"layers[{i}].bias", "the chip has no biases: build the conv with bias=False (neuron='leaky' trains a leak)"
+                )
+
     @torch.no_grad()
     def calibrate_scales(self, mode: str = "max", percentile: float = 99.99) -> None:
         """Per-layer scale from the current weights (leaks share the layer's units)."""
@@ -336,7 +354,9 @@ class SpikingCNN(_ConvStack):
     ) -> SNNOutput:
         """frames: [B, T, C, H, W] event counts per bin.
 
-        ticks: leak ticks in each bin (``leak_ticks``; default one per bin), leaky neurons only.
+        ticks: leak ticks in each bin (``leak_ticks``), leaky neurons only; by default what the
+        exported network does with bins from t = 0 (export sets the leak period to the bin width,
+        so the first bin has no tick and every later bin one).
 
         chip_spikes: per layer, spike counts [B, T, C, H, W] measured on the chip;
         they replace that layer's spikes in the forward (straight-through: the
@@ -346,7 +366,12 @@ class SpikingCNN(_ConvStack):
         """
         if frames.dim() != 5:
             raise InvalidArgument("frames", f"must be [B, T, C, H, W], got shape {tuple(frames.shape)}")
+        self.check_input(frames.shape[2:])
         batch, steps = frames.shape[:2]
+        if ticks is None:
+            ticks = leak_ticks(0, 1, steps, 1)
+        elif len(ticks) != steps:
+            raise InvalidArgument("ticks", f"one count per bin: frames have {steps} bins, ticks {len(ticks)}")
         self.reset_states()
         x = frames.reshape(batch * steps, *frames.shape[2:])
         hidden: list[torch.Tensor] = []
@@ -358,9 +383,7 @@ class SpikingCNN(_ConvStack):
                 current = F.conv2d(x, self.weight_units(i, quantized), stride=conv.stride, padding=conv.padding)
             leak = self.leak_units(i, quantized)
             if leak is not None:
-                per_step = torch.tensor(
-                    ticks if ticks is not None else [1] * steps, dtype=current.dtype, device=current.device
-                )
+                per_step = torch.tensor(ticks, dtype=current.dtype, device=current.device)
                 current = current + leak.view(1, -1, 1, 1) * per_step.repeat(batch).view(-1, 1, 1, 1)
             high, low = self.thresholds(i, quantized)
             iaf.num_timesteps = steps
@@ -370,8 +393,13 @@ class SpikingCNN(_ConvStack):
             if callable(chip_spikes):
                 chip_spikes = chip_spikes()
             if chip_spikes is not None and i in chip_spikes:
-                chip = chip_spikes[i].reshape(spikes.shape).to(spikes.dtype)
-                spikes = spikes + (chip - spikes).detach()
+                chip = chip_spikes[i]
+                if tuple(chip.shape) != (batch, steps, *spikes.shape[1:]):
+                    raise InvalidArgument(
+                        f"chip_spikes[{i}]",
+                        f"shape {tuple(chip.shape)} is not the layer's {(batch, steps, *spikes.shape[1:])} [B, T, C, H, W]",
+                    )
+                spikes = spikes + (chip.reshape(spikes.shape).to(spikes.dtype) - spikes).detach()
             if i < self.num_layers - 1:
                 hidden.append(spikes.reshape(batch, steps, *spikes.shape[1:]))
             else:
@@ -406,6 +434,9 @@ class ANNTwin(_ConvStack):
         (and with record=True also the list of every layer's activation before pooling)."""
         if x.dim() == 5:
             x = x.sum(1)
+        if x.dim() != 4:
+            raise InvalidArgument("x", f"must be [B, C, H, W] or [B, T, C, H, W], got shape {tuple(x.shape)}")
+        self.check_input(x.shape[1:])
         acts = []
         for i, (conv, pool) in enumerate(zip(self.convs, self.pools, strict=True)):
             w = fake_quant(conv.weight, self.scale[i]) if qat else conv.weight
