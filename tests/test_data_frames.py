@@ -10,6 +10,7 @@ from chiploop.data import (
     bin_batch,
     bin_events,
     iterate_batches,
+    make_batch,
     num_folds,
     readout_for,
     stratified_split,
@@ -43,6 +44,29 @@ def test_a_polarity_past_1_is_refused_rather_than_counted_in_another_frame():
     with pytest.raises(InvalidArgument, match=r"events\.p: polarity must be 0 or 1, got 2"):
         bin_batch([bad, make_dvs_events(x=[], y=[], p=[], t=[])], ro)
     assert bin_events(bad, ro, channels=1).sum() == 1  # merged polarities: p plays no part
+
+
+def test_an_event_outside_the_sensor_is_refused_rather_than_left_out_of_the_frames():
+    ro = Readout(t0_us=0, bin_us=50, num_bins=2)
+    inside = make_dvs_events(x=[1, 2], y=[3, 4], p=[0, 1], t=[0, 1])
+    outside = make_dvs_events(x=[5, 100], y=[5, 5], p=[0, 0], t=[0, 1])  # a 128x128 sensor's event
+    with pytest.raises(InvalidArgument, match=r"samples\[1\]\.events\[1\]: \(x=100, y=5\) is outside the 34x34 sensor"):
+        bin_batch([inside, outside], ro)
+    assert bin_batch([inside, outside], ro, sensor_size=(128, 128)).sum() == 4
+
+
+@needs_data
+def test_batches_take_the_datasets_sensor_and_merge_polarities_when_asked():
+    class Unsized:  # an EventDataset without its sensor_size
+        def __init__(self, ds):
+            self.labels, self.files, self.events, self.__len__ = ds.labels, ds.files, ds.events, ds.__len__
+
+    ds, ro = NMNIST(DATA), readout_for(2, 320_000)
+    merged = make_batch(ds, np.arange(3), ro, channels=1)
+    assert merged.frames.shape == (3, 2, 1, 34, 34)
+    np.testing.assert_array_equal(merged.frames[:, :, 0], make_batch(ds, np.arange(3), ro).frames.sum(2))
+    with pytest.raises(InvalidArgument, match="dataset: Unsized has no sensor_size"):
+        make_batch(Unsized(ds), np.arange(3), ro)
 
 
 def test_batch_binning_equals_per_sample_binning():

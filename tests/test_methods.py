@@ -50,6 +50,24 @@ def test_straight_through_forward_is_chip_backward_is_sync():
     assert torch.equal(sync.grad, g)
 
 
+def test_a_chip_output_of_another_shape_is_refused_not_reshaped():
+    sync = torch.zeros(8, 4, 10, requires_grad=True)
+    for chip in (np.zeros((16, 2, 10), np.float32), np.zeros((8, 5, 10), np.float32)):  # same size; one bin more
+        with pytest.raises(InvalidArgument, match=r"chip: shape \(\d+, \d, 10\) is not the synchronous output's \(8, 4, 10\)"):
+            straight_through(sync, chip)
+
+
+@needs_data
+def test_labels_that_are_not_a_class_of_the_network_are_refused_naming_the_sample(batch):
+    cfg = TrainConfig(method="bptt", **TINY)
+    method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us))
+    method.setup(torch.from_numpy(batch.frames))
+    wrong = replace(batch, labels=batch.labels.copy())
+    wrong.labels[5] = 10
+    with pytest.raises(InvalidArgument, match=rf"labels\[{int(batch.indices[5])}\]: 10 is not a class of the network \(0..9\)"):
+        method.step(wrong, None)
+
+
 @needs_data
 @pytest.mark.parametrize("readout,hidden", [("charge", None), ("counts", None), ("charge", ())])
 def test_cil_bptt_loss_is_the_chips_and_its_gradient_the_sync_graphs(chip, batch, readout, hidden):

@@ -388,6 +388,21 @@ def test_kept_events_refuse_a_negative_or_fractional_limit():
             KeptEvents(bad)
 
 
+def test_dvs_events_are_built_from_integers_their_fields_hold_never_cast():
+    events = make_dvs_events(np.array([1.0, 2.0]), [3, 4], [True, False], np.array([5, 6], np.uint32))
+    assert events.tolist() == [(1, 3, 1, 5), (2, 4, 0, 6)]
+    for args, match in (
+        (([65541], [0], [0], [0]), r"x\[0\]: 65541 is not an integer in 0..65535 \(uint16\)"),
+        (([1], [0], [-1], [0]), r"p\[0\]: -1 is not an integer in 0..255"),
+        (([1, 2], [0, 0], [0, 0], [0.0, 0.25]), r"t\[1\]: 0.25 is not an integer"),  # seconds, not us
+        (([1], [0], [0], [float("nan")]), r"t\[0\]: nan"),
+        (([1, 2], [0], [0, 0], [0, 1]), r"y: must be one-dimensional with x's length 2, got shape \(1,\)"),
+        (([1], ["a"], [0], [0]), r"y: must be integers"),
+    ):
+        with pytest.raises(InvalidArgument, match=match):
+            make_dvs_events(*args)
+
+
 def test_event_copies_refuse_mixed_dtypes_instead_of_reading_one_as_the_other():
     with pytest.raises(TypeError, match="dtype"):
         concatenate_events([np.zeros(2, DVS_EVENT_DTYPE), np.zeros(2, np.dtype([("a", "V13")]))])

@@ -109,14 +109,26 @@ def take_events(events: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 
 def make_dvs_events(x: ArrayLike, y: ArrayLike, p: ArrayLike, t: ArrayLike) -> np.ndarray:
-    """Build a DVS event array from four equal-length sequences."""
-    x = np.asarray(x)
-    n = x.shape[0]
-    events = np.empty(n, dtype=DVS_EVENT_DTYPE)
-    events["x"] = x
-    events["y"] = y
-    events["p"] = p
-    events["t"] = t
+    """Build a DVS event array from four equal-length sequences of integers (t in us). A value
+    its field cannot hold exactly (a float time in seconds, x = 65541 in a uint16) is refused
+    naming the field and the first such event, never cast."""
+    columns = {"x": np.asarray(x), "y": np.asarray(y), "p": np.asarray(p), "t": np.asarray(t)}
+    n = columns["x"].shape[0] if columns["x"].ndim else -1
+    events = np.empty(max(n, 0), dtype=DVS_EVENT_DTYPE)
+    for name, values in columns.items():
+        if values.shape != (n,):
+            raise InvalidArgument(name, f"must be one-dimensional with x's length {n}, got shape {values.shape}")
+        if values.dtype.kind not in "biuf":
+            raise InvalidArgument(name, f"must be integers, got dtype {values.dtype}")
+        kind = DVS_EVENT_DTYPE[name]
+        info = np.iinfo(kind)
+        bad = (values < info.min) | (values > info.max)
+        if values.dtype.kind == "f":
+            bad |= ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidArgument(f"{name}[{i}]", f"{values[i].item()!r} is not an integer in {info.min}..{info.max} ({kind})")
+        events[name] = values
     return events
 
 

@@ -36,7 +36,8 @@ def bin_batch(
     sensor_size: tuple[int, int] = (34, 34),
     channels: int = 2,
 ) -> np.ndarray:
-    """A batch of samples -> float32 [n, T, channels, H, W] event counts, one bincount for all."""
+    """A batch of samples -> float32 [n, T, channels, H, W] event counts, one bincount for all.
+    An event outside the sensor is refused (the chip refuses it too), not left out of the frames."""
     if channels not in (1, 2):
         raise InvalidArgument("channels", f"must be 1 (merged polarities) or 2, got {channels}")
     if readout.bin_us <= 0 or readout.num_bins < 1:
@@ -53,7 +54,13 @@ def bin_batch(
     sample = np.repeat(np.arange(n, dtype=np.int64), lengths)
     b, inside = _bin_index(ev["t"].astype(np.int64), readout.t0_us, readout.bin_us, num_bins)
     x, y = ev["x"].astype(np.int64), ev["y"].astype(np.int64)
-    inside &= (x < width) & (y < height)
+    if ev.size and (int(x.max()) >= width or int(y.max()) >= height):
+        i = int(np.argmax((x >= width) | (y >= height)))
+        j = i - int(lengths[: sample[i]].sum())
+        raise InvalidArgument(
+            f"samples[{sample[i]}].events[{j}]",
+            f"(x={x[i]}, y={y[i]}) is outside the {height}x{width} sensor (sensor_size is (height, width))",
+        )
     p = ev["p"].astype(np.int64) if channels == 2 else np.zeros(len(ev), np.int64)
     flat = (((sample * num_bins + b) * channels + p) * height + y) * width + x
     counts = np.bincount(flat[inside], minlength=n * num_bins * channels * height * width)

@@ -14,12 +14,14 @@ import numpy as np
 
 from chiploop.data.augment import Augment
 from chiploop.data.frames import bin_batch, trim_events
+from chiploop.errors import InvalidArgument
 from chiploop.run import Readout
 
 
 class EventDataset(Protocol):
     labels: np.ndarray
     files: list  # where each sample comes from (its identity, e.g. to check two runs saw the same samples)
+    sensor_size: tuple[int, int]  # (height, width): frames have this size, and events must fall inside
 
     def __len__(self) -> int: ...
     def events(self, index: int) -> np.ndarray: ...
@@ -29,11 +31,21 @@ class EventDataset(Protocol):
 class Batch:
     indices: np.ndarray  # dataset indices of the samples
     events: list[np.ndarray]  # per sample, trimmed to the readout window (what the chip gets)
-    frames: np.ndarray  # float32 [n, T, 2, H, W] counts on the readout's bins
+    frames: np.ndarray  # float32 [n, T, channels, H, W] counts on the readout's bins
     labels: np.ndarray  # int64 [n]
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def check_labels(self, num_classes: int) -> None:
+        """Refuse a label that is not one of a network's ``num_classes`` outputs: the loss would
+        fail on it without saying which sample, and an evaluation would count it wrong."""
+        bad = (self.labels < 0) | (self.labels >= num_classes)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidArgument(
+                f"labels[{int(self.indices[i])}]", f"{int(self.labels[i])} is not a class of the network (0..{num_classes - 1})"
+            )
 
 
 def make_batch(
@@ -42,10 +54,15 @@ def make_batch(
     readout: Readout,
     augment: Augment | None = None,
     rng: np.random.Generator | None = None,
+    channels: int = 2,
 ) -> Batch:
+    """The samples ``indices`` of ``dataset``: their events in the readout window and their
+    frames (``channels`` = 1 merges polarities, as a network with one input channel takes them)."""
+    sensor = getattr(dataset, "sensor_size", None)
+    if sensor is None:  # a default would crop a larger sensor's events out of the frames unseen
+        raise InvalidArgument("dataset", f"{type(dataset).__name__} has no sensor_size (height, width)")
     events = _sample_events(dataset, indices, readout, augment, rng)
-    sensor = getattr(dataset, "sensor_size", (34, 34))
-    frames = bin_batch(events, readout, sensor_size=sensor)
+    frames = bin_batch(events, readout, sensor_size=tuple(sensor), channels=channels)
     return Batch(np.asarray(indices), events, frames, np.asarray(dataset.labels)[np.asarray(indices, np.int64)])
 
 
@@ -73,6 +90,7 @@ def iterate_batches(
     augment: Augment | None = None,
     drop_last: bool = False,
     skip: int = 0,
+    channels: int = 2,
 ) -> Iterator[Batch]:
     """Batches over ``indices``; with shuffle, the order and the augmentation follow ``seed``.
 
@@ -89,7 +107,7 @@ def iterate_batches(
             if augment is not None:  # draw what the skipped batches drew, so the rest are augmented the same
                 _sample_events(dataset, chunk, readout, augment, rng)
             continue
-        yield make_batch(dataset, chunk, readout, augment, rng)
+        yield make_batch(dataset, chunk, readout, augment, rng, channels)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

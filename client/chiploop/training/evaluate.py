@@ -64,6 +64,7 @@ def evaluate(
     n = 0
     per_sample: dict[str, list[np.ndarray]] = {"labels": [], "software_pred": [], "chip_pred": []}
     for batch in iterate_batches(dataset, indices, method.readout, batch_size):
+        batch.check_labels(method.num_classes)
         pending = chip.run_async(batch.events, readout) if chip is not None else None
         frames = method.tensor(batch.frames)
         labels = batch.labels

@@ -77,6 +77,10 @@ class Method:
         self.arch = scaled_architecture(NMNIST_PAPER, cfg.width)
         self.device = resolve_device(cfg.device)
 
+    @property
+    def num_classes(self) -> int:
+        return self.arch.stages[-1].out_channels
+
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         """A batch's frames or labels on the training device."""
         return torch.from_numpy(array).to(self.device)
@@ -99,6 +103,7 @@ class Method:
     def step(self, batch: Batch, chip: Chip | None) -> StepResult:
         """One optimiser step on the batch, then ``after_step`` (a chip-in-loop method pushes its weights)."""
         self.model.train()
+        batch.check_labels(self.num_classes)
         loss, score, waited = self.loss_and_score(batch, chip)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

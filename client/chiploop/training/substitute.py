@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from chiploop.architectures import ReadoutKind
+from chiploop.errors import InvalidArgument
 from chiploop.models import readout_score
 from chiploop.run import Readout, RunResult, event_count_index
 from chiploop.spec import NetworkSpec
@@ -20,8 +21,11 @@ from chiploop.spec import NetworkSpec
 def straight_through(sync: torch.Tensor, chip: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Forward: the chip's value. Backward: d/d(sync) = identity (the sync graph's gradient)."""
     chip_t = torch.as_tensor(np.asarray(chip) if not isinstance(chip, torch.Tensor) else chip)
-    chip_t = chip_t.to(dtype=sync.dtype, device=sync.device).reshape(sync.shape)
-    return sync + (chip_t - sync).detach()
+    if tuple(chip_t.shape) != tuple(sync.shape):  # a reshape would pass [16, 2, K] off as [8, 4, K]
+        raise InvalidArgument(
+            "chip", f"shape {tuple(chip_t.shape)} is not the synchronous output's {tuple(sync.shape)} (samples, bins, neurons)"
+        )
+    return sync + (chip_t.to(dtype=sync.dtype, device=sync.device) - sync).detach()
 
 
 def chip_outputs(result: RunResult, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
