@@ -19,6 +19,7 @@ from chiploop.data import (
 from chiploop.errors import InvalidArgument
 from chiploop.events import make_dvs_events
 from chiploop.run import Readout
+from chiploop.spec import InputLayer
 from conftest import DATA, needs_data
 
 
@@ -34,7 +35,7 @@ def test_bins_are_half_open_like_the_readout():
     assert frames[1, 1, 0, 3] == 1  # t=150 starts bin 1
     assert frames[2, 0, 0, 4] == 1  # t=249 is the last us of bin 2
     np.testing.assert_array_equal(trim_events(ev, ro)["t"], [100, 149, 150, 249])
-    merged = bin_events(ev, ro, channels=1)
+    merged = bin_events(ev, ro, InputLayer(sensor_size=(34, 34), merge_polarities=True))
     assert merged.shape == (3, 1, 34, 34) and merged.sum() == 4
 
 
@@ -43,7 +44,7 @@ def test_a_polarity_past_1_is_refused_rather_than_counted_in_another_frame():
     bad = make_dvs_events(x=[5], y=[5], p=[2], t=[0])
     with pytest.raises(InvalidArgument, match=r"events\.p: polarity must be 0 or 1, got 2"):
         bin_batch([bad, make_dvs_events(x=[], y=[], p=[], t=[])], ro)
-    assert bin_events(bad, ro, channels=1).sum() == 1  # merged polarities: p plays no part
+    assert bin_events(bad, ro, InputLayer(sensor_size=(34, 34), merge_polarities=True)).sum() == 1  # p plays no part
 
 
 def test_an_event_outside_the_sensor_is_refused_rather_than_left_out_of_the_frames():
@@ -52,21 +53,38 @@ def test_an_event_outside_the_sensor_is_refused_rather_than_left_out_of_the_fram
     outside = make_dvs_events(x=[5, 100], y=[5, 5], p=[0, 0], t=[0, 1])  # a 128x128 sensor's event
     with pytest.raises(InvalidArgument, match=r"samples\[1\]\.events\[1\]: \(x=100, y=5\) is outside the 34x34 sensor"):
         bin_batch([inside, outside], ro)
-    assert bin_batch([inside, outside], ro, sensor_size=(128, 128)).sum() == 4
+    assert bin_batch([inside, outside], ro, InputLayer(sensor_size=(128, 128))).sum() == 4
 
 
 @needs_data
-def test_batches_take_the_datasets_sensor_and_merge_polarities_when_asked():
+def test_batches_bin_on_the_datasets_sensor_or_the_chips_input_stage():
     class Unsized:  # an EventDataset without its sensor_size
         def __init__(self, ds):
             self.labels, self.files, self.events, self.__len__ = ds.labels, ds.files, ds.events, ds.__len__
 
     ds, ro = NMNIST(DATA), readout_for(2, 320_000)
-    merged = make_batch(ds, np.arange(3), ro, channels=1)
-    assert merged.frames.shape == (3, 2, 1, 34, 34)
-    np.testing.assert_array_equal(merged.frames[:, :, 0], make_batch(ds, np.arange(3), ro).frames.sum(2))
+    plain = make_batch(ds, np.arange(3), ro).frames
+    merged = make_batch(ds, np.arange(3), ro, input_layer=InputLayer(sensor_size=(34, 34), merge_polarities=True))
+    np.testing.assert_array_equal(merged.frames[:, :, 0], plain.sum(2))
+    pooled = make_batch(ds, np.arange(3), ro, input_layer=InputLayer(sensor_size=(34, 34), pool=(2, 2), crop=(1, 16, 0, 17)))
+    assert pooled.frames.shape == (3, 2, 2, 15, 17)
+    summed = plain.reshape(3, 2, 2, 17, 2, 17, 2).sum((4, 6))  # 2x2 sum pooling of the frames ...
+    np.testing.assert_array_equal(pooled.frames, summed[:, :, :, 1:16])  # ... cropped to rows 1..15
     with pytest.raises(InvalidArgument, match="dataset: Unsized has no sensor_size"):
         make_batch(Unsized(ds), np.arange(3), ro)
+
+
+def test_frames_are_what_the_simulators_input_stage_passes_to_layer_0():
+    rng = np.random.default_rng(4)
+    n = 2000
+    events = make_dvs_events(rng.integers(0, 40, n), rng.integers(0, 30, n), rng.integers(0, 2, n), np.sort(rng.integers(0, 900, n)))
+    stage = InputLayer(sensor_size=(30, 40), pool=(2, 3), crop=(2, 13, 1, 12), flip_x=True, merge_polarities=False)
+    ro = readout_for(3, 900)
+    frames = bin_events(events, ro, stage)
+    c, y, x, kept = stage.map_events(events)
+    assert frames.shape == (3, *stage.out_shape) and frames.sum() == kept.sum()
+    for i in np.flatnonzero(kept)[:50]:
+        assert frames[int(events["t"][i]) // ro.bin_us, c[i], y[i], x[i]] >= 1
 
 
 def test_batch_binning_equals_per_sample_binning():

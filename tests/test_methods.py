@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from chiploop.architectures import Architecture, ConvStage
 from chiploop.data import NMNIST, make_batch, readout_for
 from chiploop.errors import InvalidArgument
 from chiploop.export import export_spec
 from chiploop.run import Readout
+from chiploop.spec import InputLayer
 from chiploop.training.chip import ChipPool
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
 from chiploop.training.evaluate_checkpoint import EVAL_ADVICE
@@ -124,6 +126,29 @@ def test_each_method_lowers_its_loss_against_the_daemon(name, neuron, recipe, ch
     if method.chip_in_loop:
         # The chip now holds exactly the method's current integer network (leaks included).
         assert chip.model_id == chip.clients[0].deploy(method.loop_spec()).model_id
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["bptt", "cil-bptt", "cil-ann"])
+def test_a_method_trains_a_network_of_ones_own_on_its_own_input_stage(name, chip):
+    """Three layers on N-MNIST pooled 2x2 by the chip's input stage, polarities merged."""
+    arch = Architecture("small", (1, 17, 17), (ConvStage(8, 3, padding=1, pool=2), ConvStage(16, 3, padding=1, pool=2), ConvStage(10, 4)))
+    stage = InputLayer(sensor_size=(34, 34), pool=(2, 2), merge_polarities=True)
+    torch.manual_seed(0)
+    cfg = TrainConfig(method=name, **{**TINY, "width": 1.0})
+    method = make_method(cfg, readout_for(cfg.bins, cfg.duration_us), arch, stage)
+    assert method.arch.name == "small" and cfg.substitute_hidden == ((0, 1) if name == "cil-bptt" else ())
+    batch = make_batch(NMNIST(DATA), np.arange(24), method.readout, input_layer=stage)
+    calib = torch.from_numpy(batch.frames)
+    method.setup(calib)
+    method.start_epoch(0, calib, chip)
+    losses = [method.step(batch, chip).loss for _ in range(6)]
+    assert losses[-1] < losses[0], losses
+    assert method.spec().input == stage and len(method.spec().layers) == 3
+    if method.chip_in_loop:
+        assert chip.model_id == chip.clients[0].deploy(method.loop_spec()).model_id
+    with pytest.raises(InvalidArgument, match=r"substitute_hidden\[0\]: must be a hidden layer, 0..1, got 2"):
+        make_method(replace(cfg, method="cil-bptt", substitute_hidden=(2,)), method.readout, arch, stage)
 
 
 @needs_data

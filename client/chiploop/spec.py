@@ -75,6 +75,26 @@ class InputLayer:
         y0, y1, x0, x1 = self.window
         return (1 if self.merge_polarities else 2, y1 - y0, x1 - x0)
 
+    def map_events(self, events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(c, y, x, kept) of DVS events entering layer 0, vectorised, in this stage's order: pool
+        (integer division), crop to the window (``kept`` is False outside it: the chip drops and
+        counts those), flip inside it, then merge polarities (channel 0) or channel = p. c, y, x
+        are int32 and meaningful only where kept. The simulator maps its input with it, and the
+        training frames are binned with it, so both see the same input."""
+        pool_y, pool_x = self.pool
+        y0, y1, x0, x1 = self.window
+        y = events["y"].astype(np.int32) // pool_y
+        x = events["x"].astype(np.int32) // pool_x
+        kept = (y >= y0) & (y < y1) & (x >= x0) & (x < x1)
+        y -= y0
+        x -= x0
+        if self.flip_y:
+            y = (y1 - y0 - 1) - y
+        if self.flip_x:
+            x = (x1 - x0 - 1) - x
+        c = np.zeros(len(events), np.int32) if self.merge_polarities else events["p"].astype(np.int32)
+        return c, y, x, kept
+
 
 @dataclass(frozen=True, eq=False)
 class Layer:

@@ -12,6 +12,7 @@ import numpy as np
 from chiploop.errors import InvalidArgument
 from chiploop.events import concatenate_events
 from chiploop.run import Readout
+from chiploop.spec import InputLayer
 
 
 def _bin_index(t: np.ndarray, t0_us: int, bin_us: int, num_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -20,50 +21,46 @@ def _bin_index(t: np.ndarray, t0_us: int, bin_us: int, num_bins: int) -> tuple[n
     return rel // bin_us, inside
 
 
-def bin_events(
-    events: np.ndarray,
-    readout: Readout,
-    sensor_size: tuple[int, int] = (34, 34),
-    channels: int = 2,
-) -> np.ndarray:
-    """One sample -> float32 [T, channels, H, W] event counts (channels=1 merges polarities)."""
-    return bin_batch([events], readout, sensor_size, channels)[0]
+#: N-MNIST's input: a 34 x 34 sensor, both polarities, nothing in between.
+NMNIST_INPUT = InputLayer(sensor_size=(34, 34))
 
 
-def bin_batch(
-    samples: list[np.ndarray],
-    readout: Readout,
-    sensor_size: tuple[int, int] = (34, 34),
-    channels: int = 2,
-) -> np.ndarray:
-    """A batch of samples -> float32 [n, T, channels, H, W] event counts, one bincount for all.
-    An event outside the sensor is refused (the chip refuses it too), not left out of the frames."""
-    if channels not in (1, 2):
-        raise InvalidArgument("channels", f"must be 1 (merged polarities) or 2, got {channels}")
+def bin_events(events: np.ndarray, readout: Readout, input_layer: InputLayer = NMNIST_INPUT) -> np.ndarray:
+    """One sample -> float32 [T, *input_layer.out_shape] event counts."""
+    return bin_batch([events], readout, input_layer)[0]
+
+
+def bin_batch(samples: list[np.ndarray], readout: Readout, input_layer: InputLayer = NMNIST_INPUT) -> np.ndarray:
+    """A batch of samples -> float32 [n, T, C, H, W] event counts, one bincount for all, where
+    (C, H, W) is what the chip's input stage passes to layer 0 (``InputLayer.map_events``: pooling,
+    crop, flips, merged polarities; the simulator maps its input with the same function). An event
+    outside the sensor is refused (the chip refuses it too), not left out of the frames; one
+    outside the crop window is dropped, as the chip drops it."""
     if readout.bin_us <= 0 or readout.num_bins < 1:
         raise InvalidArgument("readout", f"needs bin_us > 0 and num_bins >= 1, got {readout}")
-    height, width = sensor_size
+    channels, height, width = input_layer.out_shape
     n, num_bins = len(samples), readout.num_bins
     lengths = np.fromiter((len(s) for s in samples), np.int64, count=n)
     if n == 0:
         return np.zeros((0, num_bins, channels, height, width), np.float32)
     ev = concatenate_events(samples) if n > 1 else samples[0]
-    if channels == 2 and ev.size and int(ev["p"].max()) > 1:
+    if not input_layer.merge_polarities and ev.size and int(ev["p"].max()) > 1:
         # A polarity of 2 would index the next bin's (or sample's) frame; the chip refuses it too.
         raise InvalidArgument("events.p", f"polarity must be 0 or 1, got {int(ev['p'].max())}")
-    sample = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    b, inside = _bin_index(ev["t"].astype(np.int64), readout.t0_us, readout.bin_us, num_bins)
-    x, y = ev["x"].astype(np.int64), ev["y"].astype(np.int64)
-    if ev.size and (int(x.max()) >= width or int(y.max()) >= height):
-        i = int(np.argmax((x >= width) | (y >= height)))
-        j = i - int(lengths[: sample[i]].sum())
+    sensor_h, sensor_w = input_layer.sensor_size
+    if ev.size and (int(ev["x"].max()) >= sensor_w or int(ev["y"].max()) >= sensor_h):
+        i = int(np.argmax((ev["x"] >= sensor_w) | (ev["y"] >= sensor_h)))
+        sample = int(np.searchsorted(np.cumsum(lengths), i, side="right"))
         raise InvalidArgument(
-            f"samples[{sample[i]}].events[{j}]",
-            f"(x={x[i]}, y={y[i]}) is outside the {height}x{width} sensor (sensor_size is (height, width))",
+            f"samples[{sample}].events[{i - int(lengths[:sample].sum())}]",
+            f"(x={ev['x'][i]}, y={ev['y'][i]}) is outside the {sensor_h}x{sensor_w} sensor (sensor_size is (height, width))",
         )
-    p = ev["p"].astype(np.int64) if channels == 2 else np.zeros(len(ev), np.int64)
-    flat = (((sample * num_bins + b) * channels + p) * height + y) * width + x
-    counts = np.bincount(flat[inside], minlength=n * num_bins * channels * height * width)
+    b, inside = _bin_index(ev["t"].astype(np.int64), readout.t0_us, readout.bin_us, num_bins)
+    c, y, x, kept = input_layer.map_events(ev)
+    c, y, x = c.astype(np.int64), y.astype(np.int64), x.astype(np.int64)
+    sample = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    flat = (((sample * num_bins + b) * channels + c) * height + y) * width + x
+    counts = np.bincount(flat[inside & kept], minlength=n * num_bins * channels * height * width)
     return counts.reshape(n, num_bins, channels, height, width).astype(np.float32)
 
 

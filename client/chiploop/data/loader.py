@@ -16,6 +16,7 @@ from chiploop.data.augment import Augment
 from chiploop.data.frames import bin_batch, trim_events
 from chiploop.errors import InvalidArgument
 from chiploop.run import Readout
+from chiploop.spec import InputLayer
 
 
 class EventDataset(Protocol):
@@ -54,15 +55,18 @@ def make_batch(
     readout: Readout,
     augment: Augment | None = None,
     rng: np.random.Generator | None = None,
-    channels: int = 2,
+    input_layer: InputLayer | None = None,
 ) -> Batch:
-    """The samples ``indices`` of ``dataset``: their events in the readout window and their
-    frames (``channels`` = 1 merges polarities, as a network with one input channel takes them)."""
-    sensor = getattr(dataset, "sensor_size", None)
-    if sensor is None:  # a default would crop a larger sensor's events out of the frames unseen
-        raise InvalidArgument("dataset", f"{type(dataset).__name__} has no sensor_size (height, width)")
+    """The samples ``indices`` of ``dataset``: their events in the readout window (what the chip
+    gets) and their frames as the chip's ``input_layer`` passes them to layer 0 (by default the
+    dataset's sensor, both polarities: the network's input stage when it pools, crops or merges)."""
+    if input_layer is None:
+        sensor = getattr(dataset, "sensor_size", None)
+        if sensor is None:  # a default would crop a larger sensor's events out of the frames unseen
+            raise InvalidArgument("dataset", f"{type(dataset).__name__} has no sensor_size (height, width)")
+        input_layer = InputLayer(sensor_size=tuple(sensor))
     events = _sample_events(dataset, indices, readout, augment, rng)
-    frames = bin_batch(events, readout, sensor_size=tuple(sensor), channels=channels)
+    frames = bin_batch(events, readout, input_layer)
     return Batch(np.asarray(indices), events, frames, np.asarray(dataset.labels)[np.asarray(indices, np.int64)])
 
 
@@ -90,7 +94,7 @@ def iterate_batches(
     augment: Augment | None = None,
     drop_last: bool = False,
     skip: int = 0,
-    channels: int = 2,
+    input_layer: InputLayer | None = None,
 ) -> Iterator[Batch]:
     """Batches over ``indices``; with shuffle, the order and the augmentation follow ``seed``.
 
@@ -107,7 +111,7 @@ def iterate_batches(
             if augment is not None:  # draw what the skipped batches drew, so the rest are augmented the same
                 _sample_events(dataset, chunk, readout, augment, rng)
             continue
-        yield make_batch(dataset, chunk, readout, augment, rng, channels)
+        yield make_batch(dataset, chunk, readout, augment, rng, input_layer)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

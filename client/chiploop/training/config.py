@@ -14,7 +14,8 @@ from chiploop.events import MAX_TIME_US
 METHOD_NAMES: tuple[str, ...] = ("cnn", "cnn-qat", "bptt", "cil-bptt", "cil-ann")
 #: Methods that train the same model, so one can start from another's checkpoint (``init_from``).
 METHOD_FAMILIES: tuple[tuple[str, ...], ...] = (("bptt", "cil-bptt"), ("cnn", "cnn-qat", "cil-ann"))
-#: The paper network's hidden spiking layers (all but the output layer): what cil-bptt can substitute.
+#: The paper network's hidden spiking layers (all but the output layer): what cil-bptt substitutes
+#: by default (a network of one's own names its own: ``substitute_hidden``).
 HIDDEN_LAYERS: tuple[int, ...] = tuple(range(len(NMNIST_PAPER.stages) - 1))
 
 
@@ -92,7 +93,9 @@ class TrainConfig:
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
-    def check(self) -> TrainConfig:
+    def check(self, num_layers: int = len(NMNIST_PAPER.stages)) -> TrainConfig:
+        """Refuse settings that cannot run (by name); ``num_layers``: the network's, when it is
+        not the paper's (which layers cil-bptt may substitute)."""
         if self.method not in METHOD_NAMES:
             raise InvalidArgument("method", f"must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
         check_int(self.seed, "seed", 0, MAX_SEED)
@@ -108,12 +111,8 @@ class TrainConfig:
         if self.pretrain_epochs < 0:
             raise InvalidArgument("pretrain_epochs", f"must be >= 0, got {self.pretrain_epochs}")
         if self.substitute_hidden is None:
-            self.substitute_hidden = HIDDEN_LAYERS if self.method == "cil-bptt" else ()
-        for i, layer in enumerate(self.substitute_hidden):
-            if layer not in HIDDEN_LAYERS:
-                raise InvalidArgument(
-                    f"substitute_hidden[{i}]", f"must be a hidden layer, {HIDDEN_LAYERS[0]}..{HIDDEN_LAYERS[-1]}, got {layer}"
-                )
+            self.substitute_hidden = tuple(range(num_layers - 1)) if self.method == "cil-bptt" else ()
+        self.check_hidden(num_layers)
         if self.substitute_hidden and self.method != "cil-bptt":
             raise InvalidArgument("substitute_hidden", f"only cil-bptt substitutes hidden layers, not {self.method}")
         if not 0 < self.surrogate_width < math.inf:
@@ -170,6 +169,14 @@ class TrainConfig:
         init = "torch's default init" if self.init_target is None else f"data init at {self.init_target:g} thresholds"
         qat = "QAT" if self.qat else "bptt in float, quantized after training"
         return f"SNN recipe: readout {self.readout}, {qat}, {init}, {clamp}"
+
+    def check_hidden(self, num_layers: int) -> None:
+        """Refuse a substituted layer that is not a hidden layer of a network of ``num_layers``."""
+        for i, layer in enumerate(self.substitute_hidden or ()):
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers - 1:
+                raise InvalidArgument(
+                    f"substitute_hidden[{i}]", f"must be a hidden layer, 0..{num_layers - 2}, got {layer!r}"
+                )
 
     def cil_bptt_hidden(self) -> tuple[int, ...] | None:
         """The hidden layers cil-bptt substitutes with these settings (None: its default). Another

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chiploop.architectures import NMNIST_PAPER
+from chiploop.architectures import NMNIST_PAPER, Architecture
 from chiploop.data.loader import Batch
 from chiploop.export import Balance, ann_to_snn, balance, export_spec, updated_weights
 from chiploop.models import (
@@ -39,7 +39,7 @@ from chiploop.models import (
     scaled_architecture,
 )
 from chiploop.run import Readout, RunResult
-from chiploop.spec import NetworkSpec
+from chiploop.spec import InputLayer, NetworkSpec
 from chiploop.training.chip import Chip, contiguous_spans
 from chiploop.training.config import TrainConfig
 from chiploop.training.device import resolve_device
@@ -71,11 +71,17 @@ class Method:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
-    def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
+    def __init__(
+        self, cfg: TrainConfig, readout: Readout, arch: Architecture | None = None, input_layer: InputLayer | None = None
+    ) -> None:
+        """arch: the network (default the paper's), its hidden layers scaled by ``cfg.width``;
+        input_layer: the chip's input stage for it (``export_spec``)."""
         self.cfg = cfg
         self.readout = readout
-        self.arch = scaled_architecture(NMNIST_PAPER, cfg.width)
+        self.arch = scaled_architecture(NMNIST_PAPER if arch is None else arch, cfg.width)
+        self.input_layer = input_layer
         self.device = resolve_device(cfg.device)
+        cfg.check_hidden(len(self.arch.stages))
 
     @property
     def num_classes(self) -> int:
@@ -142,7 +148,7 @@ class Method:
             self.model.calibrate_scales(self.cfg.scale_mode)
 
     def spec(self) -> NetworkSpec:
-        return export_spec(self.snn(), self.readout.bin_us)
+        return export_spec(self.snn(), self.readout.bin_us, input_layer=self.input_layer)
 
     def loop_spec(self) -> NetworkSpec:
         """The spec the chip runs inside the training loop: ``spec()`` plus what the method monitors."""
@@ -176,8 +182,10 @@ class Method:
 class BPTT(Method):
     name = "bptt"
 
-    def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
-        super().__init__(cfg, readout)
+    def __init__(
+        self, cfg: TrainConfig, readout: Readout, arch: Architecture | None = None, input_layer: InputLayer | None = None
+    ) -> None:
+        super().__init__(cfg, readout, arch, input_layer)
         surrogate = PeriodicExponential(grad_width=cfg.surrogate_width)
         self.model = SpikingCNN(
             self.arch, neuron=cfg.neuron, theta_low=cfg.theta_low, surrogate=surrogate, readout=cfg.readout  # type: ignore[arg-type]
@@ -245,7 +253,9 @@ class CILBPTT(BPTT):
         chip.deploy(self.deployed)
 
     def loop_spec(self) -> NetworkSpec:
-        return export_spec(self.model, self.readout.bin_us, monitor=tuple(self.cfg.substitute_hidden))
+        return export_spec(
+            self.model, self.readout.bin_us, input_layer=self.input_layer, monitor=tuple(self.cfg.substitute_hidden)
+        )
 
     def loss_and_score(self, batch: Batch, chip: Chip | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
         if not self.in_loop:
@@ -292,8 +302,10 @@ class CNN(Method):
     name = "cnn"
     qat = False
 
-    def __init__(self, cfg: TrainConfig, readout: Readout) -> None:
-        super().__init__(cfg, readout)
+    def __init__(
+        self, cfg: TrainConfig, readout: Readout, arch: Architecture | None = None, input_layer: InputLayer | None = None
+    ) -> None:
+        super().__init__(cfg, readout, arch, input_layer)
         self.model = ANNTwin(self.arch).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.balance: Balance | None = None
@@ -410,5 +422,10 @@ class CILANN(CNNQAT):
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CNN, CNNQAT, BPTT, CILBPTT, CILANN)}
 
 
-def make_method(cfg: TrainConfig, readout: Readout) -> Method:
-    return METHODS[cfg.check().method](cfg, readout)
+def make_method(
+    cfg: TrainConfig, readout: Readout, arch: Architecture | None = None, input_layer: InputLayer | None = None
+) -> Method:
+    """The method ``cfg.method`` on ``arch`` (default: the paper's network) for the chip input
+    ``input_layer`` (default: a sensor of the network's input size)."""
+    cfg.check(len((NMNIST_PAPER if arch is None else arch).stages))
+    return METHODS[cfg.method](cfg, readout, arch, input_layer)

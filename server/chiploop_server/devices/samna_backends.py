@@ -124,9 +124,6 @@ class SamnaDevice(Device):
     realtime = False
 
     def __init__(self, workers: int = 1) -> None:
-        from chiploop_server.sim.input_stage import map_input
-
-        self._map_input = map_input
         self.workers = workers
 
     def info(self) -> dict[str, Any]:
@@ -160,7 +157,7 @@ class SamnaDevice(Device):
         outputs = []
         for i in range(n):
             sample = events[offsets[i] : offsets[i + 1]]
-            c, y, x, kept = self._map_input(spec.input, sample)
+            c, y, x, kept = spec.input.map_events(sample)
             counters[i, 0] = sample.size
             counters[i, 1] = int((~kept).sum())
             self.reset_states(handle)
@@ -215,7 +212,7 @@ class SamnaSession:
         check_dvs_events(events, spec.input.sensor_size, "events")
         if self.device.realtime:
             check_realtime_span(events, np.array([0, events.size]), "events")
-        c, y, x, kept = self.device._map_input(spec.input, events)
+        c, y, x, kept = spec.input.map_events(events)
         out = self.device.feed(self.handle, c[kept], y[kept], x[kept], events["t"][kept])
         self._outputs.append(out)
         for layer, counts in bin_counts(spec, out, np.array([0, out.size]), self.readout).items():

@@ -11,7 +11,6 @@ from chiploop.errors import InvalidArgument, ResourceExhausted, check_int
 from chiploop.events import CHIP_EVENT_DTYPE, check_dvs_events, concatenate_events
 from chiploop.run import COUNTER_NAMES, MAX_WORKERS, Readout, RunResult
 
-from chiploop_server.sim.input_stage import map_input
 from chiploop_server.sim.kernel_async import initial_ticks, run_async
 from chiploop_server.sim.kernel_sync import run_sync
 from chiploop_server.sim.network import HAS_LEAK, LEAK_PERIOD, SimNetwork
@@ -132,7 +131,7 @@ def run_batch(
     if readout.mode != "sync":
         check_tick_work(net, 0, max(readout.t_end_us - 1, int(events["t"].max()) if events.size else 0), offsets.size - 1)
 
-    c, y, x, kept = map_input(net.spec.input, events)
+    c, y, x, kept = net.spec.input.map_events(events)
     sample_of = np.repeat(np.arange(n), np.diff(offsets))
     counters = np.zeros((n, N_COUNTERS + n_layers), np.int64)
     counters[:, INPUT_EVENTS] = np.diff(offsets)

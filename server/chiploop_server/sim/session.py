@@ -21,7 +21,6 @@ from chiploop_server.sim.batch import (
     refuse_large_readout,
     runaway,
 )
-from chiploop_server.sim.input_stage import map_input
 from chiploop_server.sim.kernel_async import initial_ticks, run_async
 from chiploop_server.sim.network import S_OFS, SimNetwork
 
@@ -81,7 +80,7 @@ class SimSession:
             raise InvalidArgument(
                 "events[0].t", f"must be >= the last time fed ({self._last_t}), got {int(events['t'][0])}"
             )
-        c, y, x, kept = map_input(self.net.spec.input, events)
+        c, y, x, kept = self.net.spec.input.map_events(events)
         t = np.ascontiguousarray(events["t"][kept])
         until = int(events["t"][-1]) if events.size else self._last_t
         out = self._run(c[kept], y[kept], x[kept], t, until)
