@@ -16,7 +16,7 @@ from chiploop.data import (
     stratified_split,
     trim_events,
 )
-from chiploop.errors import InvalidArgument
+from chiploop.errors import InvalidArgument, NetworkRejected
 from chiploop.events import make_dvs_events
 from chiploop.run import Readout
 from chiploop.spec import InputLayer
@@ -72,13 +72,17 @@ def test_batches_bin_on_the_datasets_sensor_or_the_chips_input_stage():
     np.testing.assert_array_equal(pooled.frames, summed[:, :, :, 1:16])  # ... cropped to rows 1..15
     with pytest.raises(InvalidArgument, match="dataset: Unsized has no sensor_size"):
         make_batch(Unsized(ds), np.arange(3), ro)
+    with pytest.raises(InvalidArgument, match=r"augment.sensor_size: is \(128, 128\), the data's sensor is \(34, 34\)"):
+        make_batch(ds, np.arange(3), ro, augment=Augment(sensor_size=(128, 128)))
+    with pytest.raises(NetworkRejected, match="pooling"):  # a stage the chip cannot have
+        make_batch(ds, np.arange(3), ro, input_layer=InputLayer(sensor_size=(34, 34), pool=(3, 3)))
 
 
 def test_frames_are_what_the_simulators_input_stage_passes_to_layer_0():
     rng = np.random.default_rng(4)
     n = 2000
     events = make_dvs_events(rng.integers(0, 40, n), rng.integers(0, 30, n), rng.integers(0, 2, n), np.sort(rng.integers(0, 900, n)))
-    stage = InputLayer(sensor_size=(30, 40), pool=(2, 3), crop=(2, 13, 1, 12), flip_x=True, merge_polarities=False)
+    stage = InputLayer(sensor_size=(30, 40), pool=(2, 4), crop=(2, 13, 1, 9), flip_x=True, merge_polarities=False)
     ro = readout_for(3, 900)
     frames = bin_events(events, ro, stage)
     c, y, x, kept = stage.map_events(events)

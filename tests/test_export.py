@@ -215,3 +215,14 @@ def test_a_leaky_models_default_ticks_are_the_exported_networks():
     assert not torch.equal(default, model(frames, ticks=[1, 1, 1, 1]).v_mem)
     with pytest.raises(InvalidArgument, match="ticks: one count per bin: frames have 4 bins, ticks 3"):
         model(frames, ticks=[0, 1, 1])
+
+
+def test_data_init_runs_the_forward_with_the_ticks_it_is_given():
+    torch.manual_seed(5)
+    frames = torch.rand(4, 4, 1, 32, 32).round() * 2
+    model = SpikingCNN(BARS, neuron="leaky", leak_init=-0.5)
+    same = SpikingCNN(BARS, neuron="leaky", leak_init=-0.5)
+    same.load_state_dict(model.state_dict())
+    data_init(model, frames, ticks=[1, 1, 1, 1])
+    data_init(same, frames)  # the forward's default: [0, 1, 1, 1]
+    assert not all(torch.equal(a.weight, b.weight) for a, b in zip(model.convs, same.convs, strict=True))

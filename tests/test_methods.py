@@ -17,6 +17,7 @@ from chiploop.run import Readout
 from chiploop.spec import InputLayer
 from chiploop.training.chip import ChipPool
 from chiploop.training.config import HIDDEN_LAYERS, TrainConfig
+from chiploop.training.evaluate import evaluate
 from chiploop.training.evaluate_checkpoint import EVAL_ADVICE
 from chiploop.training.methods import METHODS, make_method
 from chiploop.training.substitute import chip_outputs, straight_through
@@ -147,6 +148,12 @@ def test_a_method_trains_a_network_of_ones_own_on_its_own_input_stage(name, chip
     assert method.spec().input == stage and len(method.spec().layers) == 3
     if method.chip_in_loop:
         assert chip.model_id == chip.clients[0].deploy(method.loop_spec()).model_id
+    result = evaluate(method, NMNIST(DATA), np.arange(24, 40), chip, batch_size=8)  # bins with the method's stage
+    assert result.n == 16 and result.chip is not None
+    merged = Architecture("merged", (1, 34, 34), arch.stages[:1] + (ConvStage(10, 17),))
+    assert make_method(replace(cfg, method="bptt", substitute_hidden=None), method.readout, merged).input_layer == (
+        InputLayer(sensor_size=(34, 34), merge_polarities=True)  # the architecture's own, as export's default
+    )
     with pytest.raises(InvalidArgument, match=r"substitute_hidden\[0\]: must be a hidden layer, 0..1, got 2"):
         make_method(replace(cfg, method="cil-bptt", substitute_hidden=(2,)), method.readout, arch, stage)
 

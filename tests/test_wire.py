@@ -396,8 +396,10 @@ def test_dvs_events_are_built_from_integers_their_fields_hold_never_cast():
         (([1], [0], [-1], [0]), r"p\[0\]: -1 is not an integer in 0..255"),
         (([1, 2], [0, 0], [0, 0], [0.0, 0.25]), r"t\[1\]: 0.25 is not an integer"),  # seconds, not us
         (([1], [0], [0], [float("nan")]), r"t\[0\]: nan"),
-        (([1, 2], [0], [0, 0], [0, 1]), r"y: must be one-dimensional with x's length 2, got shape \(1,\)"),
+        (([1, 2], [0], [0, 0], [0, 1]), r"y: x, y, p and t must be one-dimensional, of one length; y has shape \(1,\)"),
         (([1], ["a"], [0], [0]), r"y: must be integers"),
+        (([1], [0], [0], np.array([2.0**63])), r"t\[0\]: 9.223372036854776e\+18 is not an integer"),  # past int64
+        ((1, 0, 0, 0), r"x: x, y, p and t must be one-dimensional"),
     ):
         with pytest.raises(InvalidArgument, match=match):
             make_dvs_events(*args)

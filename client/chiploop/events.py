@@ -113,18 +113,21 @@ def make_dvs_events(x: ArrayLike, y: ArrayLike, p: ArrayLike, t: ArrayLike) -> n
     its field cannot hold exactly (a float time in seconds, x = 65541 in a uint16) is refused
     naming the field and the first such event, never cast."""
     columns = {"x": np.asarray(x), "y": np.asarray(y), "p": np.asarray(p), "t": np.asarray(t)}
-    n = columns["x"].shape[0] if columns["x"].ndim else -1
-    events = np.empty(max(n, 0), dtype=DVS_EVENT_DTYPE)
+    n = len(columns["x"]) if columns["x"].ndim == 1 else None
+    events = np.empty(n or 0, dtype=DVS_EVENT_DTYPE)
     for name, values in columns.items():
-        if values.shape != (n,):
-            raise InvalidArgument(name, f"must be one-dimensional with x's length {n}, got shape {values.shape}")
+        if n is None or values.shape != (n,):
+            raise InvalidArgument(name, f"x, y, p and t must be one-dimensional, of one length; {name} has shape {values.shape}")
         if values.dtype.kind not in "biuf":
             raise InvalidArgument(name, f"must be integers, got dtype {values.dtype}")
         kind = DVS_EVENT_DTYPE[name]
         info = np.iinfo(kind)
-        bad = (values < info.min) | (values > info.max)
-        if values.dtype.kind == "f":
-            bad |= ~np.isfinite(values) | (values != np.round(values))
+        if values.dtype.kind == "f":  # compared as floats: the bounds exactly (2**63 - 1 rounds up to 2**63)
+            with np.errstate(all="ignore"):
+                bad = ~np.isfinite(values) | (values != np.round(values))
+                bad |= (values < float(info.min)) | (values >= float(info.max + 1))
+        else:
+            bad = (values < info.min) | (values > info.max)
         if bad.any():
             i = int(np.argmax(bad))
             raise InvalidArgument(f"{name}[{i}]", f"{values[i].item()!r} is not an integer in {info.min}..{info.max} ({kind})")

@@ -14,7 +14,7 @@ import numpy as np
 
 from chiploop.errors import InvalidArgument, NetworkRejected, check_int
 from chiploop.events import MAX_TIME_US
-from chiploop.spec import Layer, NetworkSpec
+from chiploop.spec import InputLayer, Layer, NetworkSpec
 
 
 @dataclass(frozen=True)
@@ -199,13 +199,8 @@ def apply_layer_updates(
     return spec, sorted(changed)
 
 
-def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:
-    """Check a network against the chip and place it; return the core of each layer.
-
-    Raises InvalidArgument (malformed) or NetworkRejected (a limit broken; the
-    message names the layer, the limit and the value).
-    """
-    inp = spec.input
+def check_input_layer(inp: InputLayer, limits: ChipLimits = SPECK) -> None:
+    """The chip's input stage: sensor size, pooling and crop window within what it can do."""
     for axis, size in zip("yx", inp.sensor_size, strict=True):
         if not 1 <= size <= limits.max_input_size:
             raise NetworkRejected("input", f"sensor size ({axis})", size, f"1..{limits.max_input_size}")
@@ -219,6 +214,15 @@ def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:
         h, w = inp.pooled_size
         if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
             raise InvalidArgument("input.crop", f"window {inp.crop} is empty or outside the pooled field {h}x{w}")
+
+
+def validate(spec: NetworkSpec, limits: ChipLimits = SPECK) -> list[int]:
+    """Check a network against the chip and place it; return the core of each layer.
+
+    Raises InvalidArgument (malformed) or NetworkRejected (a limit broken; the
+    message names the layer, the limit and the value).
+    """
+    check_input_layer(spec.input, limits)
     if len(spec.layers) > limits.cores:
         raise NetworkRejected("network", "number of layers", len(spec.layers), f"at most {limits.cores}")
     for i, layer in enumerate(spec.layers):

@@ -451,10 +451,17 @@ class ANNTwin(_ConvStack):
 
 
 @torch.no_grad()
-def data_init(model: SpikingCNN, frames: torch.Tensor, target: float = 2.0, percentile: float = 99.0) -> None:
+def data_init(
+    model: SpikingCNN,
+    frames: torch.Tensor,
+    target: float = 2.0,
+    percentile: float = 99.0,
+    ticks: list[int] | None = None,
+) -> None:
     """Rescale each layer's weights, first to last, so the given percentile of its positive
     input current per bin is ``target`` thresholds (a layer-sequential data-driven init,
-    as LSUV does for ANNs: no layer starts silent or saturated)."""
+    as LSUV does for ANNs: no layer starts silent or saturated). ``ticks``: the leak ticks per
+    bin the model trains with (``SpikingCNN.forward``)."""
     for i in range(model.num_layers):
         model.calibrate_scales()
         model.reset_states()
@@ -464,7 +471,7 @@ def data_init(model: SpikingCNN, frames: torch.Tensor, target: float = 2.0, perc
             lambda _m, args, store=captured: store.setdefault("i", args[0])
         )
         try:
-            model(frames, quantized=False)
+            model(frames, quantized=False, ticks=ticks)
         finally:
             hook.remove()
         current = captured["i"]

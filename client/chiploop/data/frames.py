@@ -11,6 +11,7 @@ import numpy as np
 
 from chiploop.errors import InvalidArgument
 from chiploop.events import concatenate_events
+from chiploop.limits import check_input_layer
 from chiploop.run import Readout
 from chiploop.spec import InputLayer
 
@@ -38,6 +39,7 @@ def bin_batch(samples: list[np.ndarray], readout: Readout, input_layer: InputLay
     outside the crop window is dropped, as the chip drops it."""
     if readout.bin_us <= 0 or readout.num_bins < 1:
         raise InvalidArgument("readout", f"needs bin_us > 0 and num_bins >= 1, got {readout}")
+    check_input_layer(input_layer)  # frames of a stage the chip cannot have would train for nothing
     channels, height, width = input_layer.out_shape
     n, num_bins = len(samples), readout.num_bins
     lengths = np.fromiter((len(s) for s in samples), np.int64, count=n)

@@ -65,6 +65,10 @@ def make_batch(
         if sensor is None:  # a default would crop a larger sensor's events out of the frames unseen
             raise InvalidArgument("dataset", f"{type(dataset).__name__} has no sensor_size (height, width)")
         input_layer = InputLayer(sensor_size=tuple(sensor))
+    if augment is not None and tuple(augment.sensor_size) != tuple(input_layer.sensor_size):
+        raise InvalidArgument(  # it would drop the events it shifts past its own edge
+            "augment.sensor_size", f"is {tuple(augment.sensor_size)}, the data's sensor is {tuple(input_layer.sensor_size)}"
+        )
     events = _sample_events(dataset, indices, readout, augment, rng)
     frames = bin_batch(events, readout, input_layer)
     return Batch(np.asarray(indices), events, frames, np.asarray(dataset.labels)[np.asarray(indices, np.int64)])

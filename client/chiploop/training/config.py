@@ -174,8 +174,11 @@ class TrainConfig:
         """Refuse a substituted layer that is not a hidden layer of a network of ``num_layers``."""
         for i, layer in enumerate(self.substitute_hidden or ()):
             if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers - 1:
+                hint = ""
+                if tuple(self.substitute_hidden) == HIDDEN_LAYERS:  # check() wrote the paper's default in
+                    hint = " (the paper network's default, set by an earlier check(): leave it None for make_method)"
                 raise InvalidArgument(
-                    f"substitute_hidden[{i}]", f"must be a hidden layer, 0..{num_layers - 2}, got {layer!r}"
+                    f"substitute_hidden[{i}]", f"must be a hidden layer, 0..{num_layers - 2}, got {layer!r}{hint}"
                 )
 
     def cil_bptt_hidden(self) -> tuple[int, ...] | None:

@@ -63,7 +63,7 @@ def evaluate(
     synops = 0.0
     n = 0
     per_sample: dict[str, list[np.ndarray]] = {"labels": [], "software_pred": [], "chip_pred": []}
-    for batch in iterate_batches(dataset, indices, method.readout, batch_size):
+    for batch in iterate_batches(dataset, indices, method.readout, batch_size, input_layer=method.input_layer):
         batch.check_labels(method.num_classes)
         pending = chip.run_async(batch.events, readout) if chip is not None else None
         frames = method.tensor(batch.frames)

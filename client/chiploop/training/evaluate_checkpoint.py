@@ -140,7 +140,7 @@ def _prepare(path: str, data: str | None, tonic: bool | None, split: str, device
         # convert, float training requantizes), from the calibration samples it used.
         train_ds = ds if split != "test" else load_dataset(cfg)
         train_idx = split_indices(cfg, np.asarray(train_ds.labels))[0]
-        method.prepare_export(calibration_frames(cfg, train_ds, train_idx, readout).to(method.device))
+        method.prepare_export(calibration_frames(cfg, train_ds, train_idx, readout, method.input_layer).to(method.device))
     return _Prepared(str(path), cfg, int(ckpt["epoch"]) + 1, int(in_epoch.get("batches", 0)), method, ds, indices)
 
 

@@ -79,7 +79,8 @@ class Method:
         self.cfg = cfg
         self.readout = readout
         self.arch = scaled_architecture(NMNIST_PAPER if arch is None else arch, cfg.width)
-        self.input_layer = input_layer
+        #: What the chip's input stage passes to layer 0: bin the method's frames with it.
+        self.input_layer = self.arch.default_input_layer() if input_layer is None else input_layer
         self.device = resolve_device(cfg.device)
         cfg.check_hidden(len(self.arch.stages))
 
@@ -200,7 +201,7 @@ class BPTT(Method):
 
     def setup(self, calibration: torch.Tensor) -> None:
         if self.cfg.init_target is not None:  # None: torch's default init
-            data_init(self.model, calibration, target=self.cfg.init_target)
+            data_init(self.model, calibration, target=self.cfg.init_target, ticks=self.ticks)
 
     def snn(self) -> SpikingCNN:
         return self.model

@@ -32,7 +32,7 @@ from chiploop.data.nmnist import NMNIST, default_data_dir
 from chiploop.data.split import stratified_split
 from chiploop.errors import InvalidArgument
 from chiploop.run import Readout
-from chiploop.spec import NetworkSpec
+from chiploop.spec import InputLayer, NetworkSpec
 from chiploop.training.chip import Chip, open_chip
 from chiploop.training.config import TrainConfig, method_family
 from chiploop.training.device import resolve_device
@@ -149,9 +149,12 @@ def calibration_indices(cfg: TrainConfig, train: np.ndarray) -> np.ndarray:
     return np.sort(train[rng.permutation(len(train))[: cfg.calibration_samples]])
 
 
-def calibration_frames(cfg: TrainConfig, ds: EventDataset, train: np.ndarray, readout: Readout) -> torch.Tensor:
-    """Unaugmented frames of the calibration samples (``calibration_indices``)."""
-    return torch.from_numpy(make_batch(ds, calibration_indices(cfg, train), readout).frames)
+def calibration_frames(
+    cfg: TrainConfig, ds: EventDataset, train: np.ndarray, readout: Readout, input_layer: InputLayer | None = None
+) -> torch.Tensor:
+    """Unaugmented frames of the calibration samples (``calibration_indices``), as ``input_layer``
+    passes them to the network (a method's ``input_layer``)."""
+    return torch.from_numpy(make_batch(ds, calibration_indices(cfg, train), readout, input_layer=input_layer).frames)
 
 
 #: Fields a resumed run must share with its checkpoint: all that shapes what it trains. Epochs may
@@ -373,7 +376,7 @@ def _train(
     data = data_fingerprint(np.asarray(ds.labels))
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
-    calib = calibration_frames(cfg, ds, train_idx, readout).to(method.device)
+    calib = calibration_frames(cfg, ds, train_idx, readout, method.input_layer).to(method.device)
     history: list[dict] = []
     previous_s = 0.0  # the run's time in earlier sessions
     start_epoch = 0
@@ -423,7 +426,7 @@ def _train(
             method.start_epoch(epoch, calib, chip, resumed=progress.batches > 0)
             batches = iterate_batches(
                 ds, train_idx, readout, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, augment=augment,
-                skip=progress.batches,
+                skip=progress.batches, input_layer=method.input_layer,
             )
             total = num_batches(len(train_idx), cfg.batch_size)
             bar = tqdm(
