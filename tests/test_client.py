@@ -13,6 +13,7 @@ import pytest
 from chiploop.client import ChipClient, ChipInfo, Deployment
 from chiploop.errors import (
     BackendUnavailable,
+    Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -407,3 +408,10 @@ def test_a_daemon_that_comes_up_while_the_client_retries_is_reached():
     finally:
         starter.join()
         local.stop()
+
+
+def test_a_call_on_a_closed_client_is_cancelled_by_name(daemon):
+    chip = ChipClient(daemon.address)
+    chip.close()
+    with pytest.raises(Cancelled, match="the client was closed during the call"):
+        chip.info()

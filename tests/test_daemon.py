@@ -7,12 +7,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import os
 import queue
 import subprocess
 import sys
 import threading
 import time
+import types
 
 import grpc
 import numpy as np
@@ -313,6 +315,47 @@ def test_a_session_keeps_its_newest_outputs_read_in_pages_and_older_ones_are_ref
             assert other.info().sessions_open == 1
     with pytest.raises(InvalidArgument, match="max_session_events"):
         DaemonConfig(max_session_events=-1).check()
+
+
+def test_a_refusal_on_the_device_leaves_no_cycle_holding_the_request():
+    """A job's exception sits in its future, and its traceback held the handler's frames, which held
+    the future and the refused chunk: megabytes a refusal, kept until a full garbage collection."""
+    spec = small_spec()
+    with Daemon(DaemonConfig(address="127.0.0.1:0", warm_up=False)) as d, ChipClient(d.address) as chip:
+        model = chip.deploy(spec).model_id
+        opening = pb.StreamRequest(open=pb.StreamOpen(model_id=model, readout=wire.encode_readout(Readout())))
+        later = pb.StreamRequest(events=wire.encode_array(make_dvs_events([1], [1], [0], [500])))
+        earlier = pb.StreamRequest(events=wire.encode_array(make_dvs_events([1] * 1000, [1] * 1000, [0] * 1000, [5] * 1000)))
+        with grpc.insecure_channel(d.address) as ch:
+            stub = pb_grpc.ChipStub(ch)
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(3):  # the chip refuses a chunk that goes back in time, on its worker
+                    with pytest.raises(grpc.RpcError) as err:
+                        list(stub.StreamEvents(iter([opening, later, earlier]), timeout=10))
+                    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                gc.collect()
+                held = {o.f_code.co_name for o in gc.garbage if isinstance(o, types.FrameType)}
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+        assert not held & {"_do", "_wait", "StreamEvents"}, held
+
+
+def test_ended_sessions_expire_on_a_daemon_that_only_runs_batches(nmnist_samples):
+    config = DaemonConfig(address="127.0.0.1:0", session_ttl_s=0.5, warm_up=False)
+    with Daemon(config) as d, ChipClient(d.address) as chip:
+        model = chip.deploy(small_spec()).model_id
+        with chip.stream(model) as stream:
+            stream.send(nmnist_samples[0][:100])
+        deadline = time.monotonic() + 10
+        while d.sessions._entries and time.monotonic() < deadline:  # noqa: SLF001 - len() would expire them
+            chip.run(model, [nmnist_samples[1][:100]])  # Runs never touch the session store
+            time.sleep(0.2)
+        assert not d.sessions._entries  # noqa: SLF001
 
 
 def test_answers_exactly_at_the_message_limit_are_sent_and_a_byte_over_is_refused_by_name(daemon, nmnist_samples):

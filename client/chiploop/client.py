@@ -35,6 +35,7 @@ from chiploop.errors import (
     CONGESTION,
     ERROR_CLASSES,
     BackendUnavailable,
+    Cancelled,
     ChiploopError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -196,6 +197,7 @@ class ChipClient:
         self._chunk_pool: ThreadPoolExecutor | None = None
         self._async_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._channel_closed = False
 
     def __repr__(self) -> str:
         return f"ChipClient({self.address!r})"
@@ -219,6 +221,10 @@ class ChipClient:
                 raise DeadlineExceeded(f"{self.address}: the call's timeout passed before attempt {waits + 1}")
             try:
                 return method(request, timeout=remaining, metadata=self._metadata)
+            except ValueError:
+                if self._channel_closed:  # grpc's refusal to use a closed channel, between two retries
+                    raise Cancelled(f"{self.address}: the client was closed during the call") from None
+                raise
             except grpc.RpcError as exc:
                 code = exc.code()
                 details = exc.details() or ""
@@ -457,6 +463,7 @@ class ChipClient:
                 pool = getattr(self, name)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=cancel)
+        self._channel_closed = True
         self._channel.close()
 
     def __enter__(self) -> ChipClient:

@@ -122,6 +122,7 @@ class Daemon:
         if not self.port:
             raise OSError(f"cannot listen on {config.address} (in use, or not an address of this host)")
         self.server.start()
+        threading.Thread(target=self._sweep_sessions, name="chiploop-sessions", daemon=True).start()
         if config.warm_up:
             self.device.warm_up()
         for name in ("", SERVICE_NAME):
@@ -148,6 +149,13 @@ class Daemon:
             # Only the worker may touch the device, and it is still inside a job (a kernel cannot be
             # interrupted): leave the device to it. The worker is a daemon thread; the process exits.
             log.warning("the device is still running a job after %.0f s: not closing it under that job", WORKER_JOIN_S)
+
+    def _sweep_sessions(self) -> None:
+        # Sessions also expire whenever the store is used; this bounds how long an expired one (and
+        # its kept outputs) lingers on a daemon that only runs batches: half a TTL, 1 to 60 s.
+        period = min(max(self.config.session_ttl_s / 2, 1.0), 60.0)
+        while not self._stopped.wait(period):
+            self.sessions.expire()
 
     def wait(self) -> None:
         self._stopped.wait()

@@ -113,6 +113,12 @@ class SessionStore:
                 entry.last_used = self._clock()
                 self._entries.move_to_end(session_id)  # eviction takes the least recently used first
 
+    def expire(self) -> None:
+        """Drop the sessions past their TTL now (the daemon sweeps on a timer: a daemon used only
+        for Runs never touches the store, and would keep them and their outputs)."""
+        with self._lock:
+            self._expire()
+
     def _expire(self) -> None:
         now = self._clock()
         # A streaming session lives as long as its stream (keepalive ends the streams of vanished peers).

@@ -193,25 +193,35 @@ class ChipServicer(pb_grpc.ChipServicer):
         job = Job(kind, user, payload, deadline_from(context.time_remaining()), size=size, reserved=reserved)
         future = self.scheduler.submit(job)
         call.watch(future)
-        return self._wait(job, future, call)
+        try:
+            return self._wait(job, future, call)
+        finally:
+            # A failed job's exception is held by its future, and its traceback holds this frame
+            # (and _wait's, and the handler's, through `call`): drop the links, or the cycle keeps the
+            # request (a refused chunk: megabytes) alive until a full garbage collection.
+            call.future = None
+            job = future = None
 
     @staticmethod
     def _wait(job: Job, future: concurrent.futures.Future, call: _CallWatch) -> Any:
-        while True:
-            # In slices, to notice the call ending while the job runs; a result returns at once.
-            timeout = CALL_POLL_S if job.deadline is None else min(CALL_POLL_S, job.deadline - time.monotonic())
-            try:
-                return future.result(timeout=max(0.0, timeout))
-            except ChiploopError:
-                raise
-            except concurrent.futures.TimeoutError:
-                state = "running" if future.running() else "queued"
-                if job.expired():
-                    raise DeadlineExceeded(f"the deadline passed while the {job.kind} was {state}") from None
-                if call.ended.is_set():
-                    raise Cancelled(f"the call ended while the {job.kind} was {state}") from None
-            except concurrent.futures.CancelledError:
-                raise Cancelled(f"the call ended while the {job.kind} was queued") from None
+        try:
+            while True:
+                # In slices, to notice the call ending while the job runs; a result returns at once.
+                timeout = CALL_POLL_S if job.deadline is None else min(CALL_POLL_S, job.deadline - time.monotonic())
+                try:
+                    return future.result(timeout=max(0.0, timeout))
+                except ChiploopError:
+                    raise
+                except concurrent.futures.TimeoutError:
+                    state = "running" if future.running() else "queued"
+                    if job.expired():
+                        raise DeadlineExceeded(f"the deadline passed while the {job.kind} was {state}") from None
+                    if call.ended.is_set():
+                        raise Cancelled(f"the call ended while the {job.kind} was {state}") from None
+                except concurrent.futures.CancelledError:
+                    raise Cancelled(f"the call ended while the {job.kind} was queued") from None
+        finally:
+            job = future = None  # see _do
 
     # ------------------------------------------------------------ models
 
