@@ -204,7 +204,7 @@ class SamnaSession:
         self.device.reset_states(self.handle)
         self._outputs.clear()
         # Counted chunk by chunk (bins are absolute times), as the oldest events may be dropped.
-        self._counts = bin_counts(self.handle.spec, self._outputs.read(), np.array([0, 0]), self.readout)
+        self._counts = bin_counts(self.handle.spec, np.zeros(0, CHIP_EVENT_DTYPE), np.array([0, 0]), self.readout)
         self._counters = np.zeros(N_COUNTERS + len(self.handle.spec.layers), np.int64)
 
     def feed(self, events: np.ndarray) -> np.ndarray:
