@@ -345,6 +345,28 @@ def test_a_refusal_on_the_device_leaves_no_cycle_holding_the_request():
         assert not held & {"_do", "_wait", "StreamEvents"}, held
 
 
+def test_a_client_repeating_a_refused_call_is_logged_once_and_then_counted(caplog):
+    """A client looping on a bad request wrote a log line per call (25 MB in minutes in a soak)."""
+    with caplog.at_level("INFO", logger="chiploop.transport"):
+        with Daemon(DaemonConfig(address="127.0.0.1:0", warm_up=False)) as d, grpc.insecure_channel(d.address) as ch:
+            stub = pb_grpc.ChipStub(ch)
+            gone = pb.SessionRequest(session_id="gone")
+            for token in ("alice", "bob"):
+                for _ in range(20):
+                    with pytest.raises(grpc.RpcError):
+                        stub.ReadOutputs(gone, metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+            with pytest.raises(grpc.RpcError):
+                stub.GetInfo(pb.GetInfoRequest(), metadata=(("authorization", "Basic x"),), timeout=10)
+            said = [r.getMessage() for r in caplog.records if r.name == "chiploop.transport"]
+            assert len(said) == 3, said  # one for each user's kind, one for the bad header
+            assert all("ReadOutputs refused (NOT_FOUND) for token-" in line and "ipv4:127.0.0.1" in line
+                       for line in said[:2])  # fmt: skip
+            assert "GetInfo refused (UNAUTHENTICATED) for an unauthenticated caller" in said[2]
+        said = [r.getMessage() for r in caplog.records if r.name == "chiploop.transport"][3:]
+    assert len(said) == 2 and all("ReadOutputs refused (NOT_FOUND)" in line and " 19 more times" in line
+                                  for line in said), said  # fmt: skip
+
+
 def test_ended_sessions_expire_on_a_daemon_that_only_runs_batches(nmnist_samples):
     config = DaemonConfig(address="127.0.0.1:0", session_ttl_s=0.5, warm_up=False)
     with Daemon(config) as d, ChipClient(d.address) as chip:

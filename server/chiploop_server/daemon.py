@@ -122,7 +122,7 @@ class Daemon:
         if not self.port:
             raise OSError(f"cannot listen on {config.address} (in use, or not an address of this host)")
         self.server.start()
-        threading.Thread(target=self._sweep_sessions, name="chiploop-sessions", daemon=True).start()
+        threading.Thread(target=self._sweep, name="chiploop-sweep", daemon=True).start()
         if config.warm_up:
             self.device.warm_up()
         for name in ("", SERVICE_NAME):
@@ -143,6 +143,7 @@ class Daemon:
         self.health.enter_graceful_shutdown()
         if self.server is not None:
             self.server.stop(self.config.grace_s if grace is None else grace).wait()
+        self.servicer.refusals.flush(everything=True)
         if self.scheduler.stop(timeout=WORKER_JOIN_S):
             self.device.close()
         else:
@@ -150,12 +151,14 @@ class Daemon:
             # interrupted): leave the device to it. The worker is a daemon thread; the process exits.
             log.warning("the device is still running a job after %.0f s: not closing it under that job", WORKER_JOIN_S)
 
-    def _sweep_sessions(self) -> None:
+    def _sweep(self) -> None:
         # Sessions also expire whenever the store is used; this bounds how long an expired one (and
-        # its kept outputs) lingers on a daemon that only runs batches: half a TTL, 1 to 60 s.
+        # its kept outputs) lingers on a daemon that only runs batches: half a TTL, 1 to 60 s. It
+        # also logs how often each kind of refusal repeated, once its window has closed.
         period = min(max(self.config.session_ttl_s / 2, 1.0), 60.0)
         while not self._stopped.wait(period):
             self.sessions.expire()
+            self.servicer.refusals.flush()
 
     def wait(self) -> None:
         self._stopped.wait()

@@ -35,6 +35,7 @@ from chiploop.v1 import chiploop_pb2_grpc as pb_grpc
 
 from chiploop_server.devices.base import Device
 from chiploop_server.jobs import Job, deadline_from
+from chiploop_server.refusal_log import RefusalLog
 from chiploop_server.registry import Registry
 from chiploop_server.scheduler import Scheduler
 from chiploop_server.sessions import SessionEntry, SessionStore
@@ -92,7 +93,7 @@ def _answer_errors(method: Callable) -> Callable:
         try:
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every failure is answered, none kills the daemon
-            code, message = self._failed(method.__name__, exc)
+            code, message = self._failed(method.__name__, exc, context)
         context.abort(code, message)
 
     return wrapper
@@ -109,7 +110,7 @@ def _answer_stream_errors(method: Callable) -> Callable:
         except grpc.RpcError:  # reading the client's messages failed: it cancelled, no one to answer
             return
         except Exception as exc:  # noqa: BLE001
-            code, message = self._failed(method.__name__, exc)
+            code, message = self._failed(method.__name__, exc, context)
         context.abort(code, message)
 
     return wrapper
@@ -171,15 +172,17 @@ class ChipServicer(pb_grpc.ChipServicer):
         self.workers = workers
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
+        self.refusals = RefusalLog(log)
 
     # ------------------------------------------------------------ plumbing
 
-    def _failed(self, rpc: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    def _failed(self, rpc: str, exc: BaseException, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
         code, message = status_of(exc)
-        if code == grpc.StatusCode.INTERNAL:
-            log.error("%s failed: %s", rpc, message, exc_info=exc)
-        else:
-            log.info("%s refused (%s): %s", rpc, code.name, message)
+        try:
+            user = user_of(context)
+        except Unauthenticated:
+            user = "an unauthenticated caller"
+        self.refusals.record(rpc, code, user, message, peer=context.peer(), exc=exc)
         return code, message
 
     def _do(
