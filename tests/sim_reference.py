@@ -155,8 +155,9 @@ class _Sample:
             layer, k, y, x, t_update = queue.popleft()
             spikes = self.event_spikes(layer, k, y, x)
 
-    def run_async(self, items: list, breadth_first: bool) -> dict:
-        """items: (c, y, x, t) entering layer 0, in order. Returns snapshots {layer: [T, f, H, W]}."""
+    def run_async(self, items: list, breadth_first: bool, last_t: int = -1) -> dict:
+        """items: (c, y, x, t) entering layer 0, in order; last_t: the last input event's time, dropped
+        or not (the leak clock runs up to it). Returns snapshots {layer: [T, f, H, W]}."""
         r, net = self.readout, self.net
         cascade = self.breadth_first if breadth_first else self.depth_first
         next_tick = {i: lay.leak_period_us for i, lay in enumerate(net.layers) if lay.leak is not None}
@@ -180,7 +181,7 @@ class _Sample:
         for c, y, x, t in items:
             pass_time(t)
             cascade(0, self.event_spikes(0, c, y, x), t)
-        pass_time(r.t_end_us - 1)
+        pass_time(max(r.t_end_us - 1, last_t))
         for m in snaps:
             while len(snaps[m]) < r.num_bins:
                 snaps[m].append(self.state(m))
@@ -257,7 +258,8 @@ def reference_run(spec: NetworkSpec, events: np.ndarray, readout: Readout) -> di
     if readout.mode == "sync":
         membranes = sample.run_sync(items)
     else:
-        membranes = sample.run_async(items, breadth_first=readout.mode == "breadth_first")
+        last_t = int(events["t"][-1]) if len(events) else -1
+        membranes = sample.run_async(items, breadth_first=readout.mode == "breadth_first", last_t=last_t)
     counters = [len(events), dropped, sample.synops, len(sample.out_events), *sample.layer_spikes]
     return {
         "output_events": sample.out_events,

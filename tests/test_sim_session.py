@@ -57,6 +57,28 @@ def test_chunks_give_what_run_batch_gives(mode, leak):
         np.testing.assert_array_equal(state, batch.membranes[layer][0, -1])  # the last bin ends at t_end
 
 
+def test_leak_ticks_run_up_to_dropped_input_events_in_a_batch_as_in_a_session():
+    """The chip's leak clock does not depend on the input filter: an event the crop drops, after the
+    readout window and after every kept event, still lets the ticks before it run (a batch ran them
+    only to the window's end, so its last outputs and counters fell short of a session's)."""
+    layer = Layer(weights=np.zeros((1, 1, 1, 1), np.int8), threshold_high=1,
+                  leak=np.array([1], np.int16), leak_period_us=10)  # fmt: skip
+    spec = NetworkSpec(layers=(layer,), input=InputLayer(sensor_size=(1, 2), crop=(0, 1, 0, 1), merge_polarities=True))
+    net = SimNetwork.from_spec(spec)
+    readout = Readout(t0_us=0, bin_us=10, num_bins=1)
+    dropped_late = make_dvs_events([0, 1], [0, 0], [0, 0], [3, 100])  # x = 1 is cropped away
+    empty = make_dvs_events([], [], [], [])
+    samples = {0: dropped_late, 2: dropped_late[1:]}  # sample 1 is empty
+    batch = run_batch(net, np.concatenate([dropped_late, empty, dropped_late[1:]]), np.array([0, 2, 2, 3]), readout)
+    for i, events in samples.items():
+        session = SimSession(net, readout)
+        session.feed(events)
+        assert [int(e["t"]) for e in batch.sample_events(i)] == list(range(10, 101, 10))
+        assert batch.sample_events(i).tobytes() == session.output_events().tobytes()
+        np.testing.assert_array_equal(batch.counters[i], session.counters())
+    assert batch.sample_events(1).size == 0  # an empty sample ticks only while t < the window's end (10)
+
+
 def test_reset_starts_over():
     net = SimNetwork.from_spec(branching_network(leak=True))
     events = sample()

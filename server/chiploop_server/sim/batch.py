@@ -139,6 +139,12 @@ def run_batch(
     kept_offsets = np.zeros(n + 1, np.int64)
     kept_offsets[1:] = np.cumsum(np.bincount(sample_of[kept], minlength=n))
     c, y, x, t = c[kept], y[kept], x[kept], np.ascontiguousarray(events["t"][kept])
+    # Leak ticks run up to every input event, the dropped ones too: the chip's leak clock does not
+    # depend on the input stage's filter (and a stream session, fed the same events, does the same).
+    ends = offsets[1:]
+    last_t = np.full(n, -1, np.int64)
+    last_t[ends > offsets[:-1]] = events["t"][ends[ends > offsets[:-1]] - 1]
+    tick_until = np.maximum(last_t, readout.t_end_us - 1)
 
     cnt_ofs, cnt_shapes, cnt_size = count_layout(net, readout)
     mem_ofs, mem_size = snapshot_layout(net, readout)
@@ -168,7 +174,7 @@ def run_batch(
             keys, times, n_out, synops, _, spikes = run_async(
                 net.meta, net.weights, net.leaks, c[a:b], y[a:b], x[a:b], t[a:b], bfs, hop, t0, bin_us,
                 num_bins, readout.spatial_counts, cnt_ofs, mem_ofs, state, first_ticks.copy(), counts[i],
-                snaps[i], 0, readout.t_end_us - 1, True, layer_spikes, max_spikes,
+                snaps[i], 0, int(tick_until[i]), True, layer_spikes, max_spikes,
             )
         if spikes > max_spikes:
             raise runaway(max_spikes, f"sample {i}")
