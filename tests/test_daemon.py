@@ -206,6 +206,21 @@ def test_unknown_model_and_session_ids_are_not_found(stub, model_id):
     still_serves(stub, model_id)
 
 
+def test_what_a_refusal_quotes_of_the_request_is_cut_to_a_bounded_message(daemon, model_id):
+    """A 4 MB id was echoed whole: gRPC answered RESOURCE_EXHAUSTED (the status's metadata overflowed)
+    in place of NOT_FOUND, and the daemon logged 4 MB a call."""
+    with grpc.insecure_channel(daemon.address, options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
+        stub = pb_grpc.ChipStub(ch)
+        details = refused(lambda: stub.Run(run_request("A" * (4 << 20), make_dvs_events([1], [1], [0], [0])),
+                                           timeout=10), grpc.StatusCode.NOT_FOUND, "model_id: no model 'AAA", "cut")  # fmt: skip
+        assert len(details) < 2100
+        request = run_request(model_id, make_dvs_events([1], [1], [0], [0]))
+        request.events.dtype = "x" * (1 << 20)
+        details = refused(lambda: stub.Run(request, timeout=10), grpc.StatusCode.INVALID_ARGUMENT, "events.dtype")
+        assert len(details) < 2100
+        still_serves(stub, model_id)
+
+
 def test_a_malformed_authorization_header_is_unauthenticated(stub, model_id):
     refused(
         lambda: stub.GetInfo(pb.GetInfoRequest(), metadata=(("authorization", "Basic abc"),), timeout=10),

@@ -82,3 +82,23 @@ def test_the_kinds_followed_are_bounded_and_a_dropped_kind_says_its_count(caplog
             ("INFO", "Run refused (NOT_FOUND) for u2: m"),
         ]
     assert len(refusals._kinds) == 2  # noqa: SLF001
+
+
+def test_a_client_sending_a_new_token_each_call_is_not_a_new_kind_each_call(caplog):
+    clock = Clock()
+    refusals = RefusalLog(logging.getLogger("test.refusals"), max_users=2, clock=clock)
+    with caplog.at_level("INFO", logger="test.refusals"):
+        for user in range(50):
+            refusals.record("Run", grpc.StatusCode.NOT_FOUND, f"token-{user}", "no model")
+        refusals.record("GetInfo", grpc.StatusCode.UNAVAILABLE, "token-49", "stopping")  # another kind's own budget
+        assert said(caplog) == [
+            ("INFO", "Run refused (NOT_FOUND) for token-0: no model"),
+            ("INFO", "Run refused (NOT_FOUND) for token-1: no model"),
+            ("INFO", "Run refused (NOT_FOUND) for other users: no model"),
+            ("INFO", "GetInfo refused (UNAVAILABLE) for token-49: stopping"),
+        ]
+        clock.now = 60.0
+        refusals.flush()
+        assert said(caplog) == [("INFO", "Run refused (NOT_FOUND) for other users 47 more times in the last 60 s")]
+        refusals.record("Run", grpc.StatusCode.NOT_FOUND, "token-50", "no model")  # a new window has room again
+        assert said(caplog) == [("INFO", "Run refused (NOT_FOUND) for token-50: no model")]

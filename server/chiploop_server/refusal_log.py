@@ -4,8 +4,9 @@ A client that loops on a bad request would otherwise write one line per call
 (a soak test wrote 25 MB of them in minutes). Each kind of refusal, the same
 RPC, status code and user, is logged the first time in a window; its repeats in
 that window are counted, and the count is logged when the window closes (by the
-daemon's periodic sweep, or with the next refusal of that kind). DEBUG logs
-every one. Internal errors are logged at ERROR with their traceback, the first
+daemon's periodic sweep, or with the next refusal of that kind). At most
+MAX_USERS users are followed per RPC and code in a window; the others share one
+kind. DEBUG logs every one. Internal errors are logged at ERROR with their traceback, the first
 of each window too: a bug a client can trigger in a loop floods the log as well.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,12 @@ WINDOW_S = 60.0
 
 #: Kinds of refusal followed at once; past it the oldest is dropped, its count logged first.
 MAX_KINDS = 1024
+
+#: Users whose refusals of one RPC and code are logged a window: tokens cost nothing (there is no
+#: auth yet), so a client sending a new one each call would otherwise be a new kind each call.
+#: The rest of that window's users share one kind, OTHER_USERS.
+MAX_USERS = 8
+OTHER_USERS = "other users"
 
 
 @dataclass
@@ -42,11 +49,14 @@ class RefusalLog:
         *,
         window_s: float = WINDOW_S,
         max_kinds: int = MAX_KINDS,
+        max_users: int = MAX_USERS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log = log
         self.window_s = window_s
         self.max_kinds = max_kinds
+        self.max_users = max_users
+        self._windows_opened: dict[tuple[str, str], deque[float]] = {}  # per (rpc, code): when, the last window
         self.clock = clock
         self._kinds: OrderedDict[tuple[str, str, str], _Kind] = OrderedDict()
         self._lock = threading.Lock()
@@ -62,6 +72,16 @@ class RefusalLog:
         evicted = None
         with self._lock:
             kind = self._kinds.get(key)
+            if kind is None or now - kind.opened >= self.window_s:
+                opened = self._windows_opened.setdefault(key[:2], deque())
+                while opened and now - opened[0] >= self.window_s:
+                    opened.popleft()
+                if len(opened) >= self.max_users:
+                    user, peer = OTHER_USERS, ""
+                    key = (rpc, code.name, user)
+                    kind = self._kinds.get(key)
+                else:
+                    opened.append(now)
             if kind is not None and now - kind.opened < self.window_s:
                 kind.repeats += 1
                 say = False

@@ -64,11 +64,23 @@ FRAMING_BOUND_BYTES = 256
 OUTPUT_EVENTS = COUNTER_NAMES.index("output_events")
 
 
+#: The longest status message: messages quote what the caller sent (an id, a dtype), which may be
+#: megabytes; the whole would be logged and would overflow the status's metadata (gRPC then answers
+#: RESOURCE_EXHAUSTED in place of the real code).
+MAX_STATUS_CHARS = 2000
+
+
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message an exception is answered with."""
     if isinstance(exc, ChiploopError):
-        return getattr(grpc.StatusCode, exc.grpc_code_name, grpc.StatusCode.INTERNAL), str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}: {exc}); the daemon's log has the traceback"
+        code, message = getattr(grpc.StatusCode, exc.grpc_code_name, grpc.StatusCode.INTERNAL), str(exc)
+    else:
+        code = grpc.StatusCode.INTERNAL
+        message = f"internal error ({type(exc).__name__}: {exc}); the daemon's log has the traceback"
+    if len(message) > MAX_STATUS_CHARS:
+        cut = len(message) - MAX_STATUS_CHARS
+        message = f"{message[: MAX_STATUS_CHARS // 2]} ...[{cut} characters cut]... {message[-MAX_STATUS_CHARS // 2 :]}"
+    return code, message
 
 
 def user_of(context: grpc.ServicerContext) -> str:
