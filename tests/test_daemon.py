@@ -582,14 +582,19 @@ def test_config_precedence_is_flags_over_env_over_file(tmp_path):
         ({}, {"CHIPLOOP_WORKERS": "two"}, "", "CHIPLOOP_WORKERS: must be int, got 'two'"),
         ({}, {}, b"workers = 2\n# \xff\xfe\n", "not valid TOML: 'utf-8' codec"),
         ({"address": "nowhere"}, {}, "", "address: must be HOST:PORT"),
-        ({"workers": 0}, {}, "", "workers: must be >= 1"),
-        ({"workers": 70000}, {}, "", "workers: must be 1..65536"),
-        ({"parent_pid": 0}, {}, "", "parent_pid: must be a process id"),
-        ({"grace_s": float("inf")}, {}, "", "grace_s: must be 0..604800 seconds"),
-        ({"grace_s": 1e300}, {}, "", "grace_s: must be 0..604800 seconds"),
-        ({}, {"CHIPLOOP_SESSION_TTL_S": "nan"}, "", "session_ttl_s: must be 0..604800 seconds"),
-        ({"log_level": "basic_format"}, {}, "", "log_level: must be one of DEBUG, INFO"),
-        ({}, {"CHIPLOOP_LOG_LEVEL": "bogus"}, "", "log_level: must be one of"),
+        ({"workers": 0}, {}, "", "^flag --workers: must be >= 1"),
+        ({"workers": 70000}, {}, "", "^flag --workers: must be 1..65536"),
+        ({"parent_pid": 0}, {}, "", "^flag --parent-pid: must be a process id"),
+        ({"grace_s": float("inf")}, {}, "", "^flag --grace-s: must be 0..604800 seconds"),
+        ({"grace_s": 1e300}, {}, "", "grace-s: must be 0..604800 seconds"),
+        ({}, {"CHIPLOOP_SESSION_TTL_S": "nan"}, "", "^CHIPLOOP_SESSION_TTL_S: must be 0..604800 seconds"),
+        ({"log_level": "basic_format"}, {}, "", "log-level: must be one of DEBUG, INFO"),
+        ({}, {"CHIPLOOP_LOG_LEVEL": "bogus"}, "", "^CHIPLOOP_LOG_LEVEL: must be one of"),
+        ({}, {"CHIPLOOP_MAX_QUEUE": "0"}, "", "^CHIPLOOP_MAX_QUEUE: must be >= 1, got 0"),
+        ({}, {}, "max_queue = 0\n", r"c\.toml: max_queue: must be >= 1, got 0"),
+        ({"max_message_bytes": 100}, {}, "", "max-message-bytes: must be >= 4096 .GetInfo's answer must fit., got 100"),
+        ({"port_file": "/nonexistent/folder/port"}, {}, "", "port-file: the folder /nonexistent/folder does not exist"),
+        ({"port_file": "/tmp"}, {}, "", "port-file: /tmp is a folder"),
     ],
 )
 def test_bad_settings_are_refused_naming_where_they_came_from(tmp_path, flags, env, text, match):
@@ -646,6 +651,83 @@ def test_a_second_sigterm_exits_at_once_without_waiting_for_the_grace():
                     local.process.wait(1)
                 local.process.send_signal(signal.SIGTERM)
                 assert local.process.wait(30) == 128 + signal.SIGTERM
+
+
+def _serve(tmp_path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``chiploop serve`` in a child process, its log in tmp_path/log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", **(env or {})}
+    log = open(tmp_path / "log", "w")  # noqa: SIM115 - the child writes it; closed with the test's tmp_path
+    return subprocess.Popen([sys.executable, "-m", "chiploop_server", "serve", *args], stdout=log, stderr=log, env=env)
+
+
+def _wait_for(path, text: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s: {content}")
+
+
+def test_sighup_stops_gracefully_a_typo_in_the_environment_is_warned_of_and_the_port_file_goes(tmp_path):
+    import signal
+
+    port_file = tmp_path / "port"
+    daemon = _serve(tmp_path, "--address", "127.0.0.1:0", "--no-warm-up", "--port-file", str(port_file),
+                    "--max-sessions", "2", env={"CHIPLOOP_MAX_QEUE": "1"})  # fmt: skip
+    try:
+        _wait_for(tmp_path / "log", "serving backend sim")
+        assert port_file.read_text().strip().isdigit()
+        daemon.send_signal(signal.SIGHUP)
+        assert daemon.wait(30) == 0
+    finally:
+        daemon.kill()
+    log = (tmp_path / "log").read_text()
+    assert "CHIPLOOP_MAX_QEUE is not a setting of the daemon (a typo?): ignored" in log
+    assert "max_streams 16 is cut to max_sessions (2)" in log
+    assert "SIGHUP: stopping" in log and "stopped" in log
+    assert not port_file.exists(), "a stopped daemon's port file would send a reader to a dead port"
+
+
+def test_a_signal_during_the_warm_up_stops_the_daemon_before_it_ever_serves(tmp_path):
+    """Compiling (a minute on a cold cache) held the main thread: the stop waited for it, then the
+    daemon announced SERVING, wrote its port file, and only then stopped."""
+    import signal
+
+    port_file = tmp_path / "port"
+    daemon = _serve(tmp_path, "--address", "127.0.0.1:0", "--port-file", str(port_file),
+                    env={"NUMBA_CACHE_DIR": str(tmp_path / "cold")})  # fmt: skip
+    try:
+        _wait_for(tmp_path / "log", "compiling the backend's kernels")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(10) == 0
+    finally:
+        daemon.kill()
+    log = (tmp_path / "log").read_text()
+    assert "stopped before serving" in log and "serving backend" not in log, log
+    assert not port_file.exists()
+
+
+def test_a_port_held_by_another_program_is_refused_by_name_and_reason(tmp_path):
+    """gRPC binds a host name on whatever of its addresses it can: with 127.0.0.1:PORT held,
+    `localhost:PORT` served on ::1 alone while clients of 127.0.0.1 reached the other program."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for address in (f"127.0.0.1:{port}", f"localhost:{port}"):
+            daemon = _serve(tmp_path, "--address", address, "--no-warm-up")
+            try:
+                assert daemon.wait(30) == 1
+            finally:
+                daemon.kill()
+            log = (tmp_path / "log").read_text()
+            assert f"cannot listen on 127.0.0.1:{port}" in log and "Address already in use" in log, log
+            assert ("localhost is 127.0.0.1" in log) == address.startswith("localhost"), log
+            assert "Traceback" not in log
 
 
 def _running(pid: int) -> bool:
@@ -867,7 +949,9 @@ def test_stop_returns_and_does_not_close_a_device_still_inside_a_job(monkeypatch
 
 
 def test_a_failed_start_stops_the_server_and_the_device_worker(tmp_path):
-    d = Daemon(DaemonConfig(address="127.0.0.1:0", port_file=str(tmp_path / "missing" / "port"), warm_up=False))
+    (tmp_path / "gone").mkdir()
+    d = Daemon(DaemonConfig(address="127.0.0.1:0", port_file=str(tmp_path / "gone" / "port"), warm_up=False))
+    (tmp_path / "gone").rmdir()  # after its check: the port file cannot be written once the server serves
     with pytest.raises(FileNotFoundError):
         d.start()
     assert d.scheduler.stop(timeout=5), "the device's worker outlived the failed start"

@@ -4,7 +4,9 @@ A TOML file holds the same names as the flags (``max_message_bytes = 67108864``)
 at the top level or in a ``[daemon]`` table. The environment variable of a setting
 is ``CHIPLOOP_`` + its name in capitals (``CHIPLOOP_ADDRESS``, ``CHIPLOOP_BACKEND``,
 ``CHIPLOOP_WORKERS``, ...); ``CHIPLOOP_CONFIG`` names the file. An unknown name or a
-value of the wrong kind is refused naming where it came from.
+value of the wrong kind or range is refused naming where it came from; an unknown
+CHIPLOOP_* variable is warned of when the daemon starts (the environment also holds
+the client's variables, and others' of tools to come).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ else:  # pragma: no cover - exercised on 3.10 only
 ENV_PREFIX = "CHIPLOOP_"
 ENV_CONFIG = "CHIPLOOP_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: The smallest max_message_bytes: GetInfo's answer (about 1 KiB) and the refusals must fit.
+MIN_MESSAGE_BYTES = 4096
+#: CHIPLOOP_* variables of the client and the backends, which may share a daemon's environment:
+#: any other that is not a setting's is a typo, and serve() warns of it.
+OTHER_ENV = ("CHIPLOOP_CONFIG", "CHIPLOOP_TOKEN", "CHIPLOOP_NMNIST_DIR", "CHIPLOOP_CACHE_GB", "CHIPLOOP_TUNE_MALLOC")
 #: Longest grace or session lifetime: a week. Beyond threading.TIMEOUT_MAX (292 years) gRPC's
 #: stop() cannot wait, and its shutdown then hangs for good.
 MAX_SECONDS = 7 * 24 * 3600.0
@@ -94,6 +101,16 @@ class DaemonConfig:
             raise InvalidArgument("parent_pid", f"must be a process id >= 1, got {self.parent_pid}")
         if self.max_message_bytes > 2**31 - 1:
             raise InvalidArgument("max_message_bytes", f"gRPC allows at most 2 GiB - 1, got {self.max_message_bytes}")
+        if self.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise InvalidArgument(
+                "max_message_bytes", f"must be >= {MIN_MESSAGE_BYTES} (GetInfo's answer must fit), got {self.max_message_bytes}"
+            )
+        if self.port_file is not None:
+            path = Path(self.port_file)
+            if path.is_dir():
+                raise InvalidArgument("port_file", f"{path} is a folder; name a file in it")
+            if not path.parent.is_dir():
+                raise InvalidArgument("port_file", f"the folder {path.parent} does not exist")
         return self
 
 
@@ -156,6 +173,12 @@ def from_file(path: str | os.PathLike) -> dict[str, Any]:
     return from_mapping({**data, **table}, str(path))
 
 
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """The CHIPLOOP_* names in ``env`` that are neither a setting's nor the client's (typos, most likely)."""
+    known = {ENV_PREFIX + name.upper() for name in _FIELDS} | set(OTHER_ENV)
+    return sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in known)
+
+
 def from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out = {}
     for name in _FIELDS:
@@ -171,8 +194,17 @@ def load(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None =
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     config_file = flags.pop("config", None) or env.get(ENV_CONFIG) or None
     merged: dict[str, Any] = {}
-    if config_file:
-        merged.update(from_file(config_file))
-    merged.update(from_env(env))
-    merged.update(from_mapping(flags, "flag"))
-    return replace(DaemonConfig(), **merged).check()
+    source: dict[str, str] = {}  # where each setting came from, for a refusal of its value
+    layers = [(from_file(config_file), f"{config_file}: ")] if config_file else []
+    layers += [(from_env(env), ENV_PREFIX), (from_mapping(flags, "flag"), "flag --")]
+    for values, where in layers:
+        merged.update(values)
+        source.update({name: where for name in values})
+    try:
+        return replace(DaemonConfig(), **merged).check()
+    except InvalidArgument as exc:
+        where = source.get(exc.field)
+        if where is None:
+            raise
+        name = exc.field.upper() if where == ENV_PREFIX else exc.field.replace("_", "-") if where == "flag --" else exc.field
+        raise InvalidArgument(f"{where}{name}", exc.reason) from None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from chiploop.wire import SERVICE_NAME, tune_malloc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from chiploop_server.config import DaemonConfig
+from chiploop_server.config import DaemonConfig, unknown_env
 from chiploop_server.devices import Device, available_backends, open_device
 from chiploop_server.registry import Registry
 from chiploop_server.scheduler import Scheduler
@@ -71,6 +75,7 @@ class Daemon:
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port: int | None = None
+        self._warming: threading.Thread | None = None
         self._stopped = threading.Event()
 
     @property
@@ -78,15 +83,23 @@ class Daemon:
         host = self.config.address.rpartition(":")[0]
         return f"{host}:{self.port}"
 
-    def start(self) -> int:
-        """Bind, serve, warm up; on any failure everything started is stopped and the device released."""
+    def start(self, abort: Callable[[], bool] | None = None) -> int | None:
+        """Bind, serve, warm up; on any failure everything started is stopped and the device released.
+
+        ``abort`` is asked while the kernels compile (a minute on a cold cache): when it says so
+        (a signal, the parent gone) the daemon stops without ever answering SERVING, and start()
+        returns None instead of the port.
+        """
         try:
-            return self._start()
+            return self._start(abort)
+        except _Aborted:
+            self.stop(grace=0)
+            return None
         except BaseException:
             self.stop(grace=0)
             raise
 
-    def _start(self) -> int:
+    def _start(self, abort: Callable[[], bool] | None) -> int:
         config = self.config
         limit = config.max_message_bytes
         # Every waiting job holds its call's thread, as does every open stream: with fewer threads
@@ -115,16 +128,11 @@ class Daemon:
         )
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        try:
-            self.port = self.server.add_insecure_port(config.address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {config.address}: {exc}") from None
-        if not self.port:
-            raise OSError(f"cannot listen on {config.address} (in use, or not an address of this host)")
+        self.port = listen(self.server, config.address)
         self.server.start()
         threading.Thread(target=self._sweep, name="chiploop-sweep", daemon=True).start()
         if config.warm_up:
-            self.device.warm_up()
+            self._warm_up(abort)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if config.port_file:
@@ -135,6 +143,27 @@ class Daemon:
         log.info("serving backend %s on %s", config.backend, self.address)
         return self.port
 
+    def _warm_up(self, abort: Callable[[], bool] | None) -> None:
+        # On a thread of its own: compiling holds the main thread in native code, where no signal
+        # handler runs, for up to a minute.
+        log.info("compiling the backend's kernels before serving (health answers NOT_SERVING until then)")
+        failed: list[BaseException] = []
+
+        def warm_up() -> None:
+            try:
+                self.device.warm_up()
+            except BaseException as exc:  # noqa: BLE001 - raised again on the starting thread
+                failed.append(exc)
+
+        self._warming = threading.Thread(target=warm_up, name="chiploop-warm-up", daemon=True)
+        self._warming.start()
+        while self._warming.is_alive():
+            self._warming.join(0.2)
+            if abort is not None and abort():
+                raise _Aborted
+        if failed:
+            raise failed[0]
+
     def stop(self, grace: float | None = None) -> None:
         """Answer NOT_SERVING, let running calls finish for ``grace`` seconds, release the device."""
         if self._stopped.is_set():
@@ -144,7 +173,13 @@ class Daemon:
         if self.server is not None:
             self.server.stop(self.config.grace_s if grace is None else grace).wait()
         self.servicer.refusals.flush(everything=True)
-        if self.scheduler.stop(timeout=WORKER_JOIN_S):
+        if self.config.port_file and self.port:
+            with contextlib.suppress(OSError):  # a reader must not take a stopped daemon's port for a live one's
+                if Path(self.config.port_file).read_text().strip() == str(self.port):
+                    Path(self.config.port_file).unlink()
+        if self._warming is not None and self._warming.is_alive():
+            log.warning("stopped while compiling the kernels: not closing the device under them")
+        elif self.scheduler.stop(timeout=WORKER_JOIN_S):
             self.device.close()
         else:
             # Only the worker may touch the device, and it is still inside a job (a kernel cannot be
@@ -172,7 +207,7 @@ class Daemon:
 
 
 def serve(config: DaemonConfig) -> int:
-    """Run the daemon until SIGTERM or SIGINT (or its ``parent_pid`` goes); the exit status."""
+    """Run the daemon until SIGTERM, SIGINT or SIGHUP (or its ``parent_pid`` goes); the exit status."""
     if config.parent_pid is not None and os.getppid() != config.parent_pid:
         raise InvalidArgument(
             "parent_pid", f"{config.parent_pid} is not this daemon's parent (its parent is {os.getppid()})"
@@ -182,6 +217,12 @@ def serve(config: DaemonConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in unknown_env(os.environ):
+        log.warning("%s is not a setting of the daemon (a typo?): ignored", name)
+    if config.streams() < config.max_streams:
+        log.info("max_streams %d is cut to max_sessions (%d): each stream holds a session", config.max_streams,
+                 config.max_sessions)  # fmt: skip
+    log.info("chiploop %s, settings: %s", server_version(), config)
     tune_malloc()
     daemon = Daemon(config)
     stop = threading.Event()
@@ -194,16 +235,70 @@ def serve(config: DaemonConfig) -> int:
         log.info("%s: stopping (grace %.1f s; the signal again exits at once)", name, config.grace_s)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def parent_gone() -> bool:
+        if config.parent_pid is not None and os.getppid() != config.parent_pid:
+            log.warning("parent process %d is gone: stopping", config.parent_pid)
+            return True
+        return False
+
+    # SIGHUP too: a daemon started from a terminal that closes drains like any other stop.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
-        daemon.start()
+        if daemon.start(abort=lambda: stop.is_set() or parent_gone()) is None:
+            log.info("stopped before serving")
+            return 0
         print(f"chiploop daemon: backend {config.backend} serving on {daemon.address} (pid {os.getpid()})", flush=True)
-        while not stop.wait(0.2):
-            if config.parent_pid is not None and os.getppid() != config.parent_pid:
-                log.warning("parent process %d is gone: stopping", config.parent_pid)
-                break
+        while not stop.wait(0.2) and not parent_gone():
+            pass
     finally:
         daemon.stop()
     log.info("stopped")
     return 0
+
+
+class _Aborted(Exception):
+    """start() was asked to stop before serving."""
+
+
+def listen(server: grpc.Server, address: str) -> int:
+    """Bind ``address`` (HOST:PORT; port 0: a free one) on the server; the port.
+
+    A host name is bound on every address it resolves to, each by itself: gRPC binds a name on
+    whatever addresses it can and serves on those alone, so a port held by another program on
+    one of them (127.0.0.1 of localhost) went unnoticed while clients there reached that program.
+    """
+    host, _, port_text = address.rpartition(":")
+    port = int(port_text)
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        hosts = [host]
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG)
+        except socket.gaierror as exc:
+            raise OSError(f"cannot listen on {address}: {host!r} does not resolve ({exc.strerror})") from None
+        hosts = list(dict.fromkeys(f"[{i[4][0]}]" if i[0] == socket.AF_INET6 else i[4][0] for i in infos))
+    for one in hosts:
+        try:
+            bound = server.add_insecure_port(f"{one}:{port}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            also = f" ({host} is {', '.join(hosts)})" if hosts != [host] else ""
+            raise OSError(f"cannot listen on {one}:{port}{also}: {_why_not(one, port)}")
+        port = bound
+    return port
+
+
+def _why_not(host: str, port: int) -> str:
+    """Why a host and port cannot be listened on, as the system says it (gRPC's error does not)."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is no obstacle
+        try:
+            probe.bind((bare, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return "gRPC could not bind it (GRPC_VERBOSITY=debug tells why)"
