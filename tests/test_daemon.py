@@ -12,9 +12,11 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -760,6 +762,33 @@ def test_a_local_daemon_stops_when_its_trainer_is_killed():
             os.kill(pid, 9)
             pytest.fail("the daemon outlived its killed parent")
         time.sleep(0.1)
+    # Its temporary folder (the log) outlives them both, until the next LocalDaemon starts.
+    from chiploop_server.local import OWNER_FILE, remove_orphaned_folders
+
+    folders = [f for f in Path(tempfile.gettempdir()).glob("chiploop-daemon-*")
+               if (f / OWNER_FILE).is_file() and (f / OWNER_FILE).read_text().strip() == str(parent.pid)]  # fmt: skip
+    assert len(folders) == 1 and not (folders[0] / "port").exists()  # the daemon removed its port file
+    remove_orphaned_folders()
+    assert not folders[0].exists()
+
+
+def test_a_trainer_whose_local_daemon_dies_is_told_so_at_once_and_the_log_is_kept(tmp_path, nmnist_samples):
+    """It retried a dead daemon for 30 s, then said only 'Connection refused'; the log went with its folder."""
+    import signal
+
+    from chiploop.errors import BackendUnavailable
+    from chiploop.training.chip import open_chip
+
+    log = tmp_path / "daemon.log"
+    with pytest.raises(BackendUnavailable, match=r"the local daemon exited \(status -9\) \(its log: .*daemon.log\)"):
+        with open_chip((), log_path=log) as chip:
+            chip.deploy(small_spec())
+            pid = int(log.read_text().rpartition("(pid ")[2].partition(")")[0])
+            os.kill(pid, signal.SIGKILL)
+            started = time.monotonic()
+            chip.run(nmnist_samples[:2], Readout())
+    assert time.monotonic() - started < 10
+    assert "serving backend sim" in log.read_text()
 
 
 def test_a_local_daemon_whose_start_is_interrupted_is_stopped():

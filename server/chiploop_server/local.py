@@ -10,12 +10,14 @@ trainer's for the GIL; the child gets NUMBA_NUM_THREADS / OMP_NUM_THREADS =
 port comes back through a port file; the context manager returns once the daemon
 answers its health check SERVING, and stops it (SIGTERM, then SIGKILL) on exit.
 The child also stops by itself when this process dies without that clean-up
-(``--parent-pid``).
+(``--parent-pid``); the temporary folder such a process leaves (port file, log)
+is removed by the next LocalDaemon to start.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +29,10 @@ from chiploop.errors import BackendUnavailable
 
 #: Raised thresholds: big message buffers stay in the heap instead of being mmapped afresh each time.
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
+
+FOLDER_PREFIX = "chiploop-daemon-"
+#: In each temporary folder: the pid of the process that made it (its daemon's parent).
+OWNER_FILE = "owner"
 
 
 class LocalDaemon:
@@ -70,7 +76,9 @@ class LocalDaemon:
             return ""
 
     def start(self) -> LocalDaemon:
-        self._tmp = tempfile.TemporaryDirectory(prefix="chiploop-daemon-")
+        remove_orphaned_folders()
+        self._tmp = tempfile.TemporaryDirectory(prefix=FOLDER_PREFIX)
+        (Path(self._tmp.name) / OWNER_FILE).write_text(f"{os.getpid()}\n")
         port_file = Path(self._tmp.name) / "port"
         if self._log_path is None:
             self._log_path = Path(self._tmp.name) / "daemon.log"
@@ -162,3 +170,24 @@ class LocalDaemon:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def remove_orphaned_folders(root: str | os.PathLike | None = None) -> None:
+    """Remove the temporary folders of LocalDaemons whose owner died without its clean-up (SIGKILL)."""
+    for folder in Path(root or tempfile.gettempdir()).glob(FOLDER_PREFIX + "*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # being made now, or not one of ours to judge
+        if not _alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -9,6 +9,7 @@ local daemon with the simulator when no address is given.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from chiploop.errors import ChiploopError, FailedPrecondition, InvalidArgument, NotFound
+from chiploop.errors import BackendUnavailable, ChiploopError, FailedPrecondition, InvalidArgument, NotFound
 from chiploop.limits import apply_layer_updates
 from chiploop.run import Readout, RunResult
 from chiploop.spec import NetworkSpec
@@ -24,6 +25,9 @@ from chiploop.spec import NetworkSpec
 #: UNAVAILABLE answers a daemon's client tries again after (backoff 0.1 s doubling to 2 s): about
 #: 30 s, long enough for a daemon restart (a few seconds) not to end a training run.
 RESTART_RETRIES = 20
+
+#: ... and those to a local daemon this process started (about 0.7 s).
+LOCAL_RETRIES = 3
 
 #: How long a pool waits for each daemon to answer when it is made.
 CONNECT_TIMEOUT_S = 10.0
@@ -86,7 +90,7 @@ class ChipPool:
     trying once more. A daemon that is briefly unavailable (a restart) is waited for.
     """
 
-    def __init__(self, addresses: Sequence[str]) -> None:
+    def __init__(self, addresses: Sequence[str], retries: int = RESTART_RETRIES) -> None:
         from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
         from chiploop.client import ChipClient  # noqa: PLC0415 - grpc only where a chip is used
@@ -94,7 +98,7 @@ class ChipPool:
         if not addresses:
             raise InvalidArgument("chip", "needs at least one daemon address")
         self.addresses = tuple(addresses)
-        self.clients = [ChipClient(a, timeout=BATCH_TIMEOUT_S, retries=RESTART_RETRIES) for a in self.addresses]
+        self.clients = [ChipClient(a, timeout=BATCH_TIMEOUT_S, retries=retries) for a in self.addresses]
         for client in self.clients:  # a mistyped address fails now, not after a restart's patience
             try:
                 client.info(timeout=CONNECT_TIMEOUT_S)
@@ -218,9 +222,12 @@ IN_PROCESS = "inprocess"
 
 
 @contextlib.contextmanager
-def open_chip(addresses: Sequence[str] = (), workers: int = 1) -> Iterator[Chip]:
+def open_chip(
+    addresses: Sequence[str] = (), workers: int = 1, log_path: str | os.PathLike | None = None
+) -> Iterator[Chip]:
     """A ChipPool on the given daemons, the in-process simulator (address ``inprocess``),
-    or, with no address, a local daemon with the simulator (started here, stopped after)."""
+    or, with no address, a local daemon with the simulator (started here, stopped after; its log
+    goes to ``log_path``, kept, else to a temporary folder that goes with it)."""
     with contextlib.ExitStack() as stack:
         if tuple(addresses) == (IN_PROCESS,):
             chip = InProcessChip(workers)
@@ -229,11 +236,24 @@ def open_chip(addresses: Sequence[str] = (), workers: int = 1) -> Iterator[Chip]
             return
         if IN_PROCESS in addresses:
             raise InvalidArgument("chip", f"{IN_PROCESS!r} cannot be mixed with daemon addresses")
+        daemon = None
         if not addresses:
             from chiploop_server.local import LocalDaemon  # noqa: PLC0415 - only when no daemon is given
 
-            daemon = stack.enter_context(LocalDaemon(backend="sim", workers=workers))
+            daemon = stack.enter_context(LocalDaemon(backend="sim", workers=workers, log_path=log_path))
             addresses = (daemon.address,)
-        pool = ChipPool(addresses)
+        # A local daemon that stops answering has died (nothing restarts it): retrying for 30 s
+        # would only delay saying so.
+        pool = ChipPool(addresses, retries=RESTART_RETRIES if daemon is None else LOCAL_RETRIES)
         stack.callback(pool.close)
-        yield pool
+        try:
+            yield pool
+        except BackendUnavailable as exc:
+            # The client only sees a refused connection: say that the daemon is gone, and why.
+            status = daemon.process.poll() if daemon is not None else None
+            if status is None:
+                raise
+            kept = f" (its log: {daemon.log_path})" if log_path else ""
+            raise BackendUnavailable(
+                f"the local daemon exited (status {status}){kept}: {exc}\n{daemon.log_tail()}"
+            ) from None

@@ -26,6 +26,7 @@ from chiploop.training.config import METHOD_NAMES, TrainConfig
 from chiploop.training.device import resolve_device
 from chiploop.training.evaluate import EvalResult, paired_margin, pool_results
 from chiploop.training.trainer import (
+    DAEMON_LOG,
     TrainResult,
     check_folder,
     check_out,
@@ -173,7 +174,7 @@ def _open_chip_for(cfg: TrainConfig) -> contextlib.AbstractContextManager[Chip]:
     setting refused after a daemon started would cost its start for nothing."""
     cfg.check()
     resolve_device(cfg.device)
-    return open_chip(cfg.chip, cfg.chip_workers)
+    return open_chip(cfg.chip, cfg.chip_workers, log_path=make_folder(cfg.out) / DAEMON_LOG)
 
 
 def _note(cfg: TrainConfig, budget_min: float, seconds: float) -> str:

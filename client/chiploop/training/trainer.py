@@ -42,6 +42,8 @@ from chiploop.training.methods import Method, StepResult, make_method
 CHECKPOINT = "checkpoint.pt"
 LOCK_FILE = ".lock"
 TENSORBOARD = "tb"
+#: The log of the local daemon a run starts when it is given no chip address (kept for a post-mortem).
+DAEMON_LOG = "daemon.log"
 METRIC_FIELDS = (
     "epoch", "train_loss", "train_acc", "val_software", "val_sync_float", "val_sync_int", "val_chip",
     "val_agreement", "val_degradation", "chip_synops", "epoch_s", "chip_wait_s", "iterations",
@@ -328,7 +330,7 @@ def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | No
     needs_chip = cfg.method.startswith("cil-") or cfg.chip_eval
     with contextlib.ExitStack() as stack:
         if chip is None and needs_chip:
-            chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers))
+            chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers, log_path=make_folder(cfg.out) / DAEMON_LOG))
         with backend_advice(BACKEND_ADVICE):
             return _train(cfg, chip, initial_model, stop, stack)
 
