@@ -639,6 +639,37 @@ def test_sigterm_lets_the_running_call_finish_then_exits_cleanly(nmnist_samples)
         assert local.port is None
 
 
+def test_a_call_its_grace_cuts_off_says_so_to_the_client_and_in_the_log(tmp_path, nmnist_samples):
+    """The client's retries ended on 'Connection refused', the daemon's answer lost; the daemon
+    logged the cut as if its caller had cancelled."""
+    import signal
+
+    from chiploop.errors import BackendUnavailable
+    from chiploop_server.local import LocalDaemon
+
+    log = tmp_path / "daemon.log"
+    with LocalDaemon(extra_args=["--grace-s", "0.5", "--no-warm-up"], log_path=log) as local:
+        with ChipClient(local.address, retries=2, max_chunk_bytes=1 << 30, max_in_flight=1) as chip:
+            model = chip.deploy(small_spec(threshold=1)).model_id
+            chip.run(model, nmnist_samples[:1])  # compiled: the long run below is all compute
+            done = {}
+
+            def long_run() -> None:
+                try:
+                    chip.run(model, nmnist_samples * 40, timeout=120)
+                except BackendUnavailable as exc:
+                    done["error"] = str(exc)
+
+            caller = threading.Thread(target=long_run)
+            caller.start()
+            time.sleep(1.0)
+            local.process.send_signal(signal.SIGTERM)
+            caller.join(60)
+            assert local.process.wait(30) == 0
+    assert "before that, the daemon answered: Cancelling all calls" in done.get("error", ""), done
+    assert "(the daemon is stopping: its grace ended the call)" in log.read_text()
+
+
 def test_a_second_sigterm_exits_at_once_without_waiting_for_the_grace():
     import signal
 
@@ -827,6 +858,12 @@ def test_info_and_health_commands(daemon, capsys):
     assert "backend       sim" in out and "9 cores" in out
     assert main(["health", daemon.address]) == 0
     assert "SERVING" in capsys.readouterr().out
+    # No address: the daemon's own setting, a wildcard host asked on loopback (a container's health check).
+    port = daemon.address.rpartition(":")[2]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CHIPLOOP_ADDRESS", f"0.0.0.0:{port}")
+        assert main(["health"]) == 0
+    assert f"127.0.0.1:{port}: SERVING" in capsys.readouterr().out
 
 
 def test_info_of_an_absent_daemon_fails_with_unavailable(capsys):

@@ -215,6 +215,7 @@ class ChipClient:
         when it is congested (its device queue is full, or it holds all the calls it has threads
         for: a shared chip, or this client's own chunks)."""
         unavailable = waits = 0
+        first_answer = ""  # what the daemon said before it went away: the retries' last error will not say it
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -229,10 +230,15 @@ class ChipClient:
                 code = exc.code()
                 details = exc.details() or ""
                 congested = code == grpc.StatusCode.RESOURCE_EXHAUSTED and any(c in details for c in CONGESTION)
+                if code == grpc.StatusCode.UNAVAILABLE and not first_answer and "connect" not in details.lower():
+                    first_answer = details
                 if code == grpc.StatusCode.UNAVAILABLE and unavailable < self.retries:
                     unavailable += 1
                 elif not congested:
-                    raise error_from_rpc(exc, self.address) from None
+                    error = error_from_rpc(exc, self.address)
+                    if first_answer and code == grpc.StatusCode.UNAVAILABLE and first_answer not in str(error):
+                        error = BackendUnavailable(f"{error} (before that, the daemon answered: {first_answer})")
+                    raise error from None
                 if not idempotent:
                     raise error_from_rpc(exc, self.address) from None
                 delay = min(MAX_BACKOFF_S, self.backoff_s * (2**waits))

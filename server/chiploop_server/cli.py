@@ -40,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=run_serve)
 
     check = subparsers.add_parser("health", help="exit 0 when the daemon at ADDRESS serves (for container health checks)")
-    check.add_argument("address", help="HOST:PORT")
+    check.add_argument(
+        "address", nargs="?",
+        help="HOST:PORT (default: the daemon's own address setting, CHIPLOOP_ADDRESS or its default; "
+        "a wildcard host is asked on loopback)",
+    )  # fmt: skip
     check.add_argument("--timeout", type=float, default=3.0)
     check.set_defaults(func=run_health)
 
@@ -73,7 +77,7 @@ def run_health(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        address, timeout = check_address(args.address), checked_timeout(args.timeout)
+        address, timeout = check_address(args.address or own_address()), checked_timeout(args.timeout)
     except ChiploopError as exc:
         print(f"chiploop health: {exc}", file=sys.stderr)
         return 2
@@ -83,11 +87,19 @@ def run_health(args: argparse.Namespace) -> int:
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
             )
         except grpc.RpcError as exc:
-            print(f"{args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(f"{address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    print(f"{args.address}: {status}")
+    print(f"{address}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def own_address() -> str:
+    """Where this machine's daemon listens by its settings (environment, defaults), to ask it there."""
+    from chiploop_server import config
+
+    host, _, port = config.load({}).address.rpartition(":")
+    return f"{'127.0.0.1' if host in ('0.0.0.0', '') else '[::1]' if host == '[::]' else host}:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -169,6 +169,7 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.servicer.stopping.set()
         self.health.enter_graceful_shutdown()
         if self.server is not None:
             self.server.stop(self.config.grace_s if grace is None else grace).wait()

@@ -185,11 +185,15 @@ class ChipServicer(pb_grpc.ChipServicer):
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams)
         self.refusals = RefusalLog(log)
+        #: Set by the daemon when it stops: the calls its grace cuts off end for that, not their callers.
+        self.stopping = threading.Event()
 
     # ------------------------------------------------------------ plumbing
 
     def _failed(self, rpc: str, exc: BaseException, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
         code, message = status_of(exc)
+        if code == grpc.StatusCode.CANCELLED and self.stopping.is_set():
+            message += " (the daemon is stopping: its grace ended the call)"
         try:
             user = user_of(context)
         except Unauthenticated:
