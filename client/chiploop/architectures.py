@@ -115,5 +115,3 @@ NMNIST_PAPER = Architecture(
         ConvStage(10, 4),  # fully connected: 64x4x4 -> 10
     ),
 )
-
-ARCHITECTURES: dict[str, Architecture] = {NMNIST_PAPER.name: NMNIST_PAPER}

@@ -173,13 +173,6 @@ def decode_array(
         raise InvalidArgument(f"{field}.shape", f"is too big for an array: {shape}") from None
 
 
-def decode_optional_array(parent: Any, name: str, field: str, **checks: Any) -> np.ndarray | None:
-    """Like decode_array for a message field that may be absent (returns None then)."""
-    if not parent.HasField(name):
-        return None
-    return decode_array(getattr(parent, name), field, **checks)
-
-
 def _decode_numeric(msg: pb.Array, field: str, ndim: int | None = None) -> np.ndarray:
     """A plain numeric array of any dtype (limits checks decide what the values may be)."""
     arr = decode_array(msg, field, ndim=ndim)

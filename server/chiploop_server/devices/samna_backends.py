@@ -278,7 +278,6 @@ class SpeckDevice(SamnaDevice):
         except Exception as exc:
             self.close()  # the board stays free for the next attempt
             raise BackendUnavailable(f"backend 'speck': cannot set the board up: {exc}") from exc
-        self._loaded: SamnaModel | None = None
 
     def chip_model(self) -> str:
         return f"{self.limits.chip_model} (dev board)"
@@ -318,7 +317,6 @@ class SpeckDevice(SamnaDevice):
             io = self._board.get_io_module()
             io.set_slow_clk(True)
             io.set_slow_clk_rate(int(round(1e6 / handle.built["leak_period_us"])))
-        self._loaded = handle
 
     def feed(self, handle: SamnaModel, c, y, x, t) -> np.ndarray:
         spike = self._samna.speck2f.event.Spike
