@@ -22,6 +22,9 @@ DVS_EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("p", "u1"), ("t", "<i8"
 #: far enough from int64's end that times plus hop latencies, bins and leak periods cannot overflow.
 MAX_TIME_US = 1 << 60
 
+#: numpy kinds of plain numbers: bool, signed, unsigned, float (what an Array may carry on the wire).
+NUMERIC_KINDS = "biuf"
+
 #: A spike leaving the chip (or a monitored core): source layer, channel k, row y,
 #: column x (the neuron's own coordinates, before the route's pooling), time t in us.
 CHIP_EVENT_DTYPE = np.dtype(
@@ -118,7 +121,7 @@ def make_dvs_events(x: ArrayLike, y: ArrayLike, p: ArrayLike, t: ArrayLike) -> n
     for name, values in columns.items():
         if n is None or values.shape != (n,):
             raise InvalidArgument(name, f"x, y, p and t must be one-dimensional, of one length; {name} has shape {values.shape}")
-        if values.dtype.kind not in "biuf":
+        if values.dtype.kind not in NUMERIC_KINDS:
             raise InvalidArgument(name, f"must be integers, got dtype {values.dtype}")
         kind = DVS_EVENT_DTYPE[name]
         info = np.iinfo(kind)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from chiploop.errors import InvalidArgument
-from chiploop.events import CHIP_EVENT_DTYPE
+from chiploop.events import CHIP_EVENT_DTYPE, NUMERIC_KINDS
 from chiploop.limits import UPDATE_KEYS, ChipLimits
 from chiploop.run import Readout, RunResult
 from chiploop.spec import InputLayer, Layer, NetworkSpec
@@ -35,9 +35,6 @@ PROTOCOL_VERSION = 1
 
 #: The chip service's full name ("chiploop.v1.Chip"): the daemon registers it, the client calls it.
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Chip"].full_name
-
-#: numpy kinds an Array may carry: bool, signed, unsigned, float.
-NUMERIC_KINDS = "biuf"
 
 _INT32 = (-(2**31), 2**31 - 1)
 
