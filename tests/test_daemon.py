@@ -214,8 +214,12 @@ def test_what_a_refusal_quotes_of_the_request_is_cut_to_a_bounded_message(daemon
     with grpc.insecure_channel(daemon.address, options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
         stub = pb_grpc.ChipStub(ch)
         details = refused(lambda: stub.Run(run_request("A" * (4 << 20), make_dvs_events([1], [1], [0], [0])),
-                                           timeout=10), grpc.StatusCode.NOT_FOUND, "model_id: no model 'AAA", "cut")  # fmt: skip
+                                           timeout=10), grpc.StatusCode.NOT_FOUND, "model_id: no model 'AAA", "bytes cut")  # fmt: skip
         assert len(details) < 2100
+        wide = "\u20ac" * (1 << 16)  # 3 bytes a character: a cut by characters still overflowed
+        details = refused(lambda: stub.ReadOutputs(pb.SessionRequest(session_id=wide), timeout=10),
+                          grpc.StatusCode.NOT_FOUND, "session_id: no session", "bytes cut")  # fmt: skip
+        assert len(details.encode()) < 2100
         request = run_request(model_id, make_dvs_events([1], [1], [0], [0]))
         request.events.dtype = "x" * (1 << 20)
         details = refused(lambda: stub.Run(request, timeout=10), grpc.StatusCode.INVALID_ARGUMENT, "events.dtype")
@@ -703,12 +707,15 @@ def _wait_for(path, text: str, timeout: float = 60.0) -> str:
     raise AssertionError(f"{text!r} not in {path} after {timeout} s: {content}")
 
 
+TYPO = "CHIPLOOP_" + "MAX_QEUE"  # spelled apart: the test below reads the code for CHIPLOOP_ names
+
+
 def test_sighup_stops_gracefully_a_typo_in_the_environment_is_warned_of_and_the_port_file_goes(tmp_path):
     import signal
 
     port_file = tmp_path / "port"
     daemon = _serve(tmp_path, "--address", "127.0.0.1:0", "--no-warm-up", "--port-file", str(port_file),
-                    "--max-sessions", "2", env={"CHIPLOOP_MAX_QEUE": "1"})  # fmt: skip
+                    "--max-sessions", "2", env={TYPO: "1"})  # fmt: skip
     try:
         _wait_for(tmp_path / "log", "serving backend sim")
         assert port_file.read_text().strip().isdigit()
@@ -717,10 +724,41 @@ def test_sighup_stops_gracefully_a_typo_in_the_environment_is_warned_of_and_the_
     finally:
         daemon.kill()
     log = (tmp_path / "log").read_text()
-    assert "CHIPLOOP_MAX_QEUE is not a setting of the daemon (a typo?): ignored" in log
+    assert f"{TYPO} is not a setting of the daemon (a typo?): ignored" in log
     assert "max_streams 16 is cut to max_sessions (2)" in log
     assert "SIGHUP: stopping" in log and "stopped" in log
     assert not port_file.exists(), "a stopped daemon's port file would send a reader to a dead port"
+
+
+def test_a_daemon_started_to_ignore_sighup_nohup_keeps_ignoring_it(tmp_path):
+    import signal
+
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "chiploop_server", "serve", "--address", "127.0.0.1:0", "--no-warm-up"],
+        stdout=open(tmp_path / "log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # what nohup does
+    )  # fmt: skip
+    try:
+        _wait_for(tmp_path / "log", "serving backend sim")
+        daemon.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            daemon.wait(1)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        daemon.kill()
+
+
+def test_every_chiploop_variable_the_code_reads_is_known_to_the_daemon():
+    """Else the daemon warns of it as a typo."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    named = set()
+    for folder in ("client", "server", "tests", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            named |= set(re.findall(r"CHIPLOOP_[A-Z][A-Z0-9_]*", path.read_text()))
+    assert daemon_config.unknown_env(dict.fromkeys(named, "")) == []
 
 
 def test_a_signal_during_the_warm_up_stops_the_daemon_before_it_ever_serves(tmp_path):
@@ -759,8 +797,52 @@ def test_a_port_held_by_another_program_is_refused_by_name_and_reason(tmp_path):
                 daemon.kill()
             log = (tmp_path / "log").read_text()
             assert f"cannot listen on 127.0.0.1:{port}" in log and "Address already in use" in log, log
-            assert ("localhost is 127.0.0.1" in log) == address.startswith("localhost"), log
+            # localhost may be ::1 as well, listed first where IPv6 is configured
+            assert ("localhost is " in log) == address.startswith("localhost"), log
             assert "Traceback" not in log
+
+
+LISTEN_IN_NAMESPACE = """
+import socket
+from chiploop_server.config import DaemonConfig
+from chiploop_server.daemon import Daemon
+held = [socket.create_server(("127.0.0.2", p)) for p in range(47300, 47305)]  # half the ports, on one address
+with Daemon(DaemonConfig(address=ADDRESS, warm_up=False)) as d:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.2")):
+        with socket.socket(family) as s:
+            print(host, "listening" if s.connect_ex((host, d.port)) == 0 else "refused")
+"""
+
+
+@pytest.mark.parametrize(
+    ("hosts", "ipv6", "address", "expected"),
+    [
+        # port 0 on a name of two addresses: the port the kernel picks on one may be held on the other
+        ("127.0.0.1 localhost\n127.0.0.1 multi\n127.0.0.2 multi\n", False, "multi:0",
+         ["127.0.0.1 listening", "::1 refused", "127.0.0.2 listening"]),
+        # localhost where IPv4 has only loopback: resolved without AI_ADDRCONFIG, 127.0.0.1 stays
+        ("127.0.0.1 localhost\n::1 localhost\n", True, "localhost:47381",
+         ["127.0.0.1 listening", "::1 listening", "127.0.0.2 refused"]),
+    ],
+)  # fmt: skip
+def test_a_host_name_is_listened_on_at_each_of_its_addresses(tmp_path, hosts, ipv6, address, expected):
+    """In a network namespace of its own (root and unshare needed) with its own /etc/hosts, and
+    its ephemeral ports narrowed to ten, so that the kernel's pick is often held."""
+    (tmp_path / "hosts").write_text(hosts)
+    setup = "ip link set lo up && echo '47300 47309' > /proc/sys/net/ipv4/ip_local_port_range"
+    setup += " && ip addr add fd00::1/64 dev lo" if ipv6 else ""
+    script = LISTEN_IN_NAMESPACE.replace("ADDRESS", repr(address))
+    command = f"{setup} && mount --bind {tmp_path / 'hosts'} /etc/hosts && exec {sys.executable} -c \"$0\""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "GRPC_VERBOSITY": "NONE"}
+    try:
+        done = subprocess.run(["unshare", "-n", "-m", "bash", "-c", command, script], capture_output=True,
+                              text=True, timeout=60, env=env)  # fmt: skip
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if done.returncode != 0 and ("unshare failed" in done.stderr or "Operation not permitted" in done.stderr):
+        pytest.skip(f"no network namespace here: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:3] == expected, done.stdout
 
 
 def _running(pid: int) -> bool:

@@ -33,7 +33,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_MESSAGE_BYTES = 4096
 #: CHIPLOOP_* variables of the client and the backends, which may share a daemon's environment:
 #: any other that is not a setting's is a typo, and serve() warns of it.
-OTHER_ENV = ("CHIPLOOP_CONFIG", "CHIPLOOP_TOKEN", "CHIPLOOP_NMNIST_DIR", "CHIPLOOP_CACHE_GB", "CHIPLOOP_TUNE_MALLOC")
+OTHER_ENV = (
+    "CHIPLOOP_CONFIG", "CHIPLOOP_TOKEN", "CHIPLOOP_NMNIST_DIR", "CHIPLOOP_CACHE_GB", "CHIPLOOP_TUNE_MALLOC",
+    "CHIPLOOP_SPECK_BOARD",  # the hardware tests' switch
+)  # fmt: skip
 #: Longest grace or session lifetime: a week. Beyond threading.TIMEOUT_MAX (292 years) gRPC's
 #: stop() cannot wait, and its shutdown then hangs for good.
 MAX_SECONDS = 7 * 24 * 3600.0

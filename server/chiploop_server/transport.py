@@ -64,10 +64,10 @@ FRAMING_BOUND_BYTES = 256
 OUTPUT_EVENTS = COUNTER_NAMES.index("output_events")
 
 
-#: The longest status message: messages quote what the caller sent (an id, a dtype), which may be
-#: megabytes; the whole would be logged and would overflow the status's metadata (gRPC then answers
-#: RESOURCE_EXHAUSTED in place of the real code).
-MAX_STATUS_CHARS = 2000
+#: The longest status message, in UTF-8 bytes: messages quote what the caller sent (an id, a
+#: dtype), which may be megabytes; the whole would be logged and would overflow the status's
+#: metadata (16 KiB: gRPC then answers RESOURCE_EXHAUSTED in place of the real code).
+MAX_STATUS_BYTES = 2000
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -77,10 +77,17 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     else:
         code = grpc.StatusCode.INTERNAL
         message = f"internal error ({type(exc).__name__}: {exc}); the daemon's log has the traceback"
-    if len(message) > MAX_STATUS_CHARS:
-        cut = len(message) - MAX_STATUS_CHARS
-        message = f"{message[: MAX_STATUS_CHARS // 2]} ...[{cut} characters cut]... {message[-MAX_STATUS_CHARS // 2 :]}"
-    return code, message
+    return code, cut_message(message)
+
+
+def cut_message(message: str, limit: int = MAX_STATUS_BYTES) -> str:
+    """``message`` within ``limit`` UTF-8 bytes (and a note), its head and tail kept whole characters."""
+    data = message.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return message
+    head = data[: limit // 2].decode("utf-8", "ignore")
+    tail = data[-(limit // 2) :].decode("utf-8", "ignore")
+    return f"{head} ...[{len(data) - limit} bytes cut]... {tail}"
 
 
 def user_of(context: grpc.ServicerContext) -> str:
