@@ -885,6 +885,23 @@ def test_a_local_daemon_stops_when_its_trainer_is_killed():
     assert not folders[0].exists()
 
 
+def test_a_live_local_daemons_folder_is_never_swept_whoever_runs_the_sweep():
+    """The sweep asks the folder's lock, not whether a pid runs: another PID namespace sharing /tmp
+    (containers) cannot see the owner's pid, and took a live daemon's folder."""
+    from chiploop_server.local import LocalDaemon, remove_orphaned_folders
+
+    with LocalDaemon(extra_args=["--no-warm-up"]) as local:
+        folder = local.log_path.parent
+        remove_orphaned_folders()
+        assert (folder / "daemon.log").exists()
+        sweep = [sys.executable, "-c", "from chiploop_server.local import remove_orphaned_folders as r; r()"]
+        if subprocess.run(["unshare", "-p", "-f", "true"], capture_output=True).returncode == 0:
+            sweep = ["unshare", "-p", "-f", *sweep]  # a PID namespace of its own: no pid of ours is seen there
+        assert subprocess.run(sweep, timeout=60).returncode == 0
+        assert (folder / "daemon.log").exists()
+    assert not folder.exists()  # its own clean-up
+
+
 def test_a_trainer_whose_local_daemon_dies_is_told_so_at_once_and_the_log_is_kept(tmp_path, nmnist_samples):
     """It retried a dead daemon for 30 s, then said only 'Connection refused'; the log went with its folder."""
     import signal

@@ -216,10 +216,16 @@ class ChipClient:
         for: a shared chip, or this client's own chunks)."""
         unavailable = waits = 0
         first_answer = ""  # what the daemon said before it went away: the retries' last error will not say it
+
+        def failed(error: ChiploopError) -> ChiploopError:
+            if first_answer and isinstance(error, (BackendUnavailable, DeadlineExceeded)) and first_answer not in str(error):
+                return type(error)(f"{error} (before that, the daemon answered: {first_answer})")
+            return error
+
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DeadlineExceeded(f"{self.address}: the call's timeout passed before attempt {waits + 1}")
+                raise failed(DeadlineExceeded(f"{self.address}: the call's timeout passed before attempt {waits + 1}"))
             try:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except ValueError:
@@ -235,17 +241,14 @@ class ChipClient:
                 if code == grpc.StatusCode.UNAVAILABLE and unavailable < self.retries:
                     unavailable += 1
                 elif not congested:
-                    error = error_from_rpc(exc, self.address)
-                    if first_answer and code == grpc.StatusCode.UNAVAILABLE and first_answer not in str(error):
-                        error = BackendUnavailable(f"{error} (before that, the daemon answered: {first_answer})")
-                    raise error from None
+                    raise failed(error_from_rpc(exc, self.address)) from None
                 if not idempotent:
                     raise error_from_rpc(exc, self.address) from None
                 delay = min(MAX_BACKOFF_S, self.backoff_s * (2**waits))
                 delay *= 0.5 + random.random()  # jitter: clients that failed together retry apart
                 waits += 1
                 if time.monotonic() + delay >= deadline:  # no time is left to try again in
-                    raise error_from_rpc(exc, self.address) from None
+                    raise failed(error_from_rpc(exc, self.address)) from None
                 time.sleep(delay)
 
     def info(self, timeout: float | None = None) -> ChipInfo:

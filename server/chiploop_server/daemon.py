@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -76,7 +77,9 @@ class Daemon:
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port: int | None = None
-        self._warming: threading.Thread | None = None
+        self._warming = False  # the kernels are compiling (on a thread of their own)
+        self._close_when_warm = False  # stopped while they were: the warm-up's thread closes the device
+        self._device_lock = threading.Lock()
         self._stopped = threading.Event()
 
     @property
@@ -155,11 +158,16 @@ class Daemon:
                 self.device.warm_up()
             except BaseException as exc:  # noqa: BLE001 - raised again on the starting thread
                 failed.append(exc)
+            finally:
+                with self._device_lock:
+                    self._warming = False
+                    if self._close_when_warm:  # stopped meanwhile: the device was left to this thread
+                        self.device.close()
 
-        self._warming = threading.Thread(target=warm_up, name="chiploop-warm-up", daemon=True)
-        self._warming.start()
-        while self._warming.is_alive():
-            self._warming.join(0.2)
+        self._warming = True
+        threading.Thread(target=warm_up, name="chiploop-warm-up", daemon=True).start()
+        while self._warming:
+            time.sleep(0.05)
             if abort is not None and abort():
                 raise _Aborted
         if failed:
@@ -179,14 +187,17 @@ class Daemon:
             with contextlib.suppress(OSError):  # a reader must not take a stopped daemon's port for a live one's
                 if Path(self.config.port_file).read_text().strip() == str(self.port):
                     Path(self.config.port_file).unlink()
-        if self._warming is not None and self._warming.is_alive():
-            log.warning("stopped while compiling the kernels: not closing the device under them")
-        elif self.scheduler.stop(timeout=WORKER_JOIN_S):
-            self.device.close()
-        else:
+        if not self.scheduler.stop(timeout=WORKER_JOIN_S):
             # Only the worker may touch the device, and it is still inside a job (a kernel cannot be
             # interrupted): leave the device to it. The worker is a daemon thread; the process exits.
             log.warning("the device is still running a job after %.0f s: not closing it under that job", WORKER_JOIN_S)
+            return
+        with self._device_lock:
+            if self._warming:
+                log.info("stopped while the kernels compile: the device closes once they are done")
+                self._close_when_warm = True
+            else:
+                self.device.close()
 
     def _sweep(self) -> None:
         # Sessions also expire whenever the store is used; this bounds how long an expired one (and

@@ -16,6 +16,7 @@ is removed by the next LocalDaemon to start.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 from chiploop.errors import BackendUnavailable
 
@@ -54,6 +56,7 @@ class LocalDaemon:
         self.startup_timeout = startup_timeout
         self._log_path = Path(log_path) if log_path else None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._owner: IO | None = None  # the folder's lock file, held while this daemon is ours
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
 
@@ -78,7 +81,7 @@ class LocalDaemon:
     def start(self) -> LocalDaemon:
         remove_orphaned_folders()
         self._tmp = tempfile.TemporaryDirectory(prefix=FOLDER_PREFIX)
-        (Path(self._tmp.name) / OWNER_FILE).write_text(f"{os.getpid()}\n")
+        self._owner = hold_folder(Path(self._tmp.name))
         port_file = Path(self._tmp.name) / "port"
         if self._log_path is None:
             self._log_path = Path(self._tmp.name) / "daemon.log"
@@ -101,9 +104,12 @@ class LocalDaemon:
             # Output goes to a file: a pipe nobody reads would fill and stall the daemon. Its own
             # session: a Ctrl-C in the terminal is the owner's to handle (a trainer checkpoints at
             # the next batch and needs the chip until then); --parent-pid still ends it with its owner.
+            # The daemon holds the folder's lock too (the same open file): its folder stays while
+            # either lives, whatever pids other namespaces see.
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                pass_fds=(self._owner.fileno(),),
+            )  # fmt: skip
         try:
             self._wait_serving(port_file)
         except BaseException:
@@ -159,6 +165,9 @@ class LocalDaemon:
         return None if process is None else process.returncode
 
     def _cleanup(self) -> None:
+        if self._owner is not None:
+            self._owner.close()
+            self._owner = None
         if self._tmp is not None:
             if self._log_path is not None and self._log_path.parent == Path(self._tmp.name):
                 self._log_path = None  # it goes with the folder
@@ -172,22 +181,26 @@ class LocalDaemon:
         self.stop()
 
 
+def hold_folder(folder: Path) -> IO:
+    """Mark ``folder`` as in use: an exclusive lock on its OWNER_FILE, held while the file stays
+    open (here, and in the daemon it is passed to). Made under another name and renamed locked,
+    so a sweep never finds the file before its lock."""
+    partial = folder / (OWNER_FILE + ".new")
+    owner = open(partial, "w")  # noqa: SIM115 - held open for the daemon's life
+    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    owner.write(f"{os.getpid()}\n")  # for a person looking; the lock is what counts
+    owner.flush()
+    partial.rename(folder / OWNER_FILE)
+    return owner
+
+
 def remove_orphaned_folders(root: str | os.PathLike | None = None) -> None:
-    """Remove the temporary folders of LocalDaemons whose owner died without its clean-up (SIGKILL)."""
+    """Remove the temporary folders of LocalDaemons that died without their clean-up (a trainer
+    killed by SIGKILL, and then its daemon): no process holds their lock any more."""
     for folder in Path(root or tempfile.gettempdir()).glob(FOLDER_PREFIX + "*"):
         try:
-            owner = int((folder / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue  # being made now, or not one of ours to judge
-        if not _alive(owner):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+            with open(folder / OWNER_FILE, "rb") as owner:  # noqa: SIM115
+                fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder, ignore_errors=True)  # under the lock: no one can take it meanwhile
+        except OSError:
+            continue  # held (in use), being made, not ours to read, or gone

@@ -174,7 +174,7 @@ def _open_chip_for(cfg: TrainConfig) -> contextlib.AbstractContextManager[Chip]:
     setting refused after a daemon started would cost its start for nothing."""
     cfg.check()
     resolve_device(cfg.device)
-    return open_chip(cfg.chip, cfg.chip_workers, log_path=make_folder(cfg.out) / DAEMON_LOG)
+    return open_chip(cfg.chip, cfg.chip_workers, log_path=None if cfg.chip else make_folder(cfg.out) / DAEMON_LOG)
 
 
 def _note(cfg: TrainConfig, budget_min: float, seconds: float) -> str:

@@ -327,12 +327,15 @@ def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | No
     check_out(cfg)
     resolve_device(cfg.device)  # before the chip: a device torch cannot use costs no daemon start
     initial_model = _initial_model(cfg)  # so does a bad checkpoint
-    needs_chip = cfg.method.startswith("cil-") or cfg.chip_eval
     with contextlib.ExitStack() as stack:
-        if chip is None and needs_chip:
-            chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers, log_path=make_folder(cfg.out) / DAEMON_LOG))
+        if chip is None and needs_chip(cfg) and cfg.chip:  # a mistyped address is refused before any folder
+            chip = stack.enter_context(open_chip(cfg.chip, cfg.chip_workers))
         with backend_advice(BACKEND_ADVICE):
             return _train(cfg, chip, initial_model, stop, stack)
+
+
+def needs_chip(cfg: TrainConfig) -> bool:
+    return cfg.method.startswith("cil-") or cfg.chip_eval
 
 
 #: What to train with when a backend refuses part of what the loop asks of it (the samna backends
@@ -375,6 +378,10 @@ def _train(
     ds = load_dataset(cfg)
     train_idx, val_idx = split_indices(cfg, np.asarray(ds.labels))
     out = take_out(cfg, cleanup)  # once the settings and the data have passed: a refusal leaves no folder
+    if chip is None and needs_chip(cfg):
+        # Started once the run holds its folder: a refused run starts no daemon, and the log kept
+        # there is this run's alone. Closed before the folder is let go (cleanup unwinds in order).
+        chip = cleanup.enter_context(open_chip((), cfg.chip_workers, log_path=out / DAEMON_LOG))
     data = data_fingerprint(np.asarray(ds.labels))
     readout = readout_for(cfg.bins, cfg.duration_us)
     method = make_method(cfg, readout)
