@@ -148,6 +148,22 @@ def test_calibration_draws_every_class_from_a_data_set_listed_digit_by_digit():
     assert np.bincount(labels[picked], minlength=10).min() >= 10
 
 
+def visible_steps(folder, tag: str) -> list[int]:
+    """The steps of ``tag`` TensorBoard shows from the sessions' event files in ``folder``: a session
+    opened with purge_step S hides what earlier ones wrote at S and after. (EventAccumulator orders
+    the files by name, which for sessions of one process within one second is not their order.)"""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    steps: list[int] = []
+    for path in sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
+        for event in EventFileLoader(str(path)).Load():
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                steps = [s for s in steps if s < event.step]
+            elif event.HasField("summary") and any(v.tag == tag for v in event.summary.value):
+                steps.append(event.step)
+    return steps
+
+
 @pytest.mark.parametrize("method", ["cil-bptt", "cil-ann"])
 def test_a_run_stopped_inside_an_epoch_resumes_to_the_model_of_a_run_never_stopped(tmp_path, daemon, method):
     """A stop (what SIGTERM and Ctrl-C do in the CLI) checkpoints after the batch in progress;
@@ -174,6 +190,32 @@ def test_a_run_stopped_inside_an_epoch_resumes_to_the_model_of_a_run_never_stopp
     for name, tensor in states[0].items():
         assert torch.equal(tensor, states[1][name]), name
     assert load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["in_epoch"] is None
+    assert visible_steps(tmp_path / "stopped" / "tb", "iteration/train_loss") == list(range(1, 7))
+    # A finished run resumed rewrites its metrics from the checkpoint (a crash or a user cut the file).
+    (tmp_path / "stopped" / "metrics.csv").write_text("epoch,train_lo")
+    train(cfg)
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "stopped" / "metrics.csv"))] == ["0", "1"]
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line_and_leaves_nothing_half_written(
+    tmp_path, daemon, capsys
+):
+    """A full disk gave two tracebacks (the failure handler saved again), and the partial file kept
+    the disk full for the resume. Here the write fails because its temporary name is a folder."""
+    from chiploop.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", *tiny_cli_args(daemon, 16), "--method", "bptt", "--out", str(out)]
+    assert main([*args, "--epochs", "1"]) == 0
+    (out / "checkpoint.tmp").mkdir()
+    assert main([*args, "--epochs", "2", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "CheckpointNotWritten: cannot write the checkpoint" in err and "the last one written stands" in err, err
+    assert "Traceback" not in err
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 0  # the last one stands
+    (out / "checkpoint.tmp").rmdir()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
 
 
 def test_sigterm_stops_chiploop_train_after_a_batch_with_a_checkpoint(tmp_path, daemon):
@@ -456,9 +498,15 @@ def test_an_out_that_cannot_hold_the_run_or_holds_one_is_refused_before_anything
         (tmp_path / "file", "is a file, not a folder"),
         ("", "must name a folder"),
         (tmp_path / "table" / "bptt", "holds a run already .*--resume continues it, --overwrite replaces it"),
+        (tmp_path / "records", "holds a run's metrics.csv but no checkpoint.pt to resume it from: --overwrite"),
+        (tmp_path / "ckpt_folder", "checkpoint.pt is not a file"),
     ]:
-        with pytest.raises(InvalidArgument, match=match):
-            train(TrainConfig(method="bptt", out=str(out)))
+        (tmp_path / "records").mkdir(exist_ok=True)
+        (tmp_path / "records" / "metrics.csv").write_text("epoch\n0\n")  # its checkpoint deleted to save room
+        (tmp_path / "ckpt_folder" / "checkpoint.pt").mkdir(parents=True, exist_ok=True)
+        for resume in (False, True) if "records" in str(out) or "ckpt_folder" in str(out) else (False,):
+            with pytest.raises(InvalidArgument, match=match):
+                train(TrainConfig(method="bptt", out=str(out), resume=resume))
     # The experiment looks at every method's folder before the first one trains, and at every
     # seed's and fold's before the first seed or fold trains.
     with pytest.raises(InvalidArgument, match="holds a run already"):

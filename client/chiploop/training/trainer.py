@@ -30,7 +30,7 @@ from chiploop.data.frames import readout_for
 from chiploop.data.loader import EventDataset, iterate_batches, make_batch, num_batches
 from chiploop.data.nmnist import NMNIST, default_data_dir
 from chiploop.data.split import stratified_split
-from chiploop.errors import InvalidArgument
+from chiploop.errors import InvalidArgument, ResourceExhausted
 from chiploop.run import Readout
 from chiploop.spec import InputLayer, NetworkSpec
 from chiploop.training.chip import Chip, open_chip
@@ -42,6 +42,8 @@ from chiploop.training.methods import Method, StepResult, make_method
 CHECKPOINT = "checkpoint.pt"
 LOCK_FILE = ".lock"
 TENSORBOARD = "tb"
+#: What a run writes besides its checkpoint: a folder holding them holds a run.
+RUN_RECORDS = ("metrics.csv", "summary.json")
 #: The log of the local daemon a run starts when it is given no chip address (kept for a post-mortem).
 DAEMON_LOG = "daemon.log"
 METRIC_FIELDS = (
@@ -106,10 +108,21 @@ def check_out(cfg: TrainConfig) -> None:
     """Refuse an ``out`` that cannot hold the run, or that holds a run already (unless resumed or
     overwritten: a second run there would replace its checkpoint and mix its curves with them)."""
     out = check_folder(cfg.out)
-    if (out / CHECKPOINT).exists() and not cfg.resume and not cfg.overwrite:
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not ckpt.is_file():
+        raise InvalidArgument("out", f"{ckpt} is not a file")
+    if cfg.overwrite:
+        return
+    if ckpt.exists() and not cfg.resume:
         raise InvalidArgument(
             "out", f"{out} holds a run already ({CHECKPOINT}): --resume continues it, --overwrite replaces it"
         )
+    traces = [name for name in RUN_RECORDS if (out / name).exists()]
+    if traces and not ckpt.exists():  # its checkpoint deleted: a new run would mix its records with these
+        raise InvalidArgument(
+            "out", f"{out} holds a run's {', '.join(traces)} but no {CHECKPOINT} to resume it from: "
+            "--overwrite replaces it, or use another --out",
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -139,7 +152,7 @@ def take_out(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> Path:
     it is held do an overwritten run's TensorBoard events go (another run may be writing them)."""
     out = make_folder(cfg.out)
     cleanup.enter_context(training_into(out))
-    if cfg.overwrite and not _resumes(cfg):
+    if not _resumes(cfg):  # an overwritten run's, or one that never wrote a checkpoint (check_out)
         shutil.rmtree(out / TENSORBOARD, ignore_errors=True)
     return out
 
@@ -206,7 +219,13 @@ def check_resumable(cfg: TrainConfig) -> None:
     """``check_resumes_as_saved`` before anything trains, when ``cfg`` resumes a run."""
     if _resumes(cfg):
         path = Path(cfg.out) / CHECKPOINT
-        check_resumes_as_saved(cfg, load_checkpoint(path), path)
+        try:
+            ckpt = load_checkpoint(path)
+        except InvalidArgument as exc:  # cut by a crash or a full disk, or not ours
+            raise InvalidArgument(
+                exc.field, f"{exc.reason}; it cannot be resumed: restore a copy, or --overwrite starts the run anew"
+            ) from None
+        check_resumes_as_saved(cfg, ckpt, path)
 
 
 def _resumes(cfg: TrainConfig) -> bool:
@@ -254,6 +273,10 @@ class EpochProgress:
         self.chip_wait_s += step.chip_wait_s
 
 
+class CheckpointNotWritten(ResourceExhausted):
+    """A checkpoint could not be written (a full disk): the run stops, its last checkpoint stands."""
+
+
 class RunStopped(Exception):
     """``train`` was asked to stop (``stop``) and did, after a checkpoint: ``--resume`` continues it."""
 
@@ -270,6 +293,27 @@ def _save_checkpoint(
     ``elapsed_s``: the run's wall time so far, over every session; ``in_epoch``: how far the
     next epoch got."""
     tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            _write_checkpoint(fh, cfg, data, epoch, method, history, elapsed_s, in_epoch)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before it replaces the last one: a power cut keeps one whole
+        os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
+    except (OSError, RuntimeError) as exc:  # torch says a full disk as RuntimeError ("unexpected pos")
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a partial file would keep a full disk full
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        raise CheckpointNotWritten(
+            f"cannot write the checkpoint {path} ({why}; {free / 2**20:.0f} MiB free there); the last one "
+            "written stands: make room, then the same command with --resume continues from it"
+        ) from None
+
+
+def _write_checkpoint(
+    fh, cfg: TrainConfig, data: str, epoch: int, method: Method, history: list[dict], elapsed_s: float,
+    in_epoch: EpochProgress | None,
+) -> None:
     torch.save(
         {
             "config": cfg.to_dict(),
@@ -282,9 +326,8 @@ def _save_checkpoint(
             "elapsed_s": elapsed_s,
             "format": 1,
         },
-        tmp,
+        fh,
     )
-    os.replace(tmp, path)  # atomic: a crash mid-save leaves the previous checkpoint intact
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -295,7 +338,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many kinds for a file that is not its own
-        raise InvalidArgument("checkpoint", f"{path} is not a torch checkpoint ({type(exc).__name__}: {exc})") from None
+        why = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]  # torch's own are paragraphs
+        raise InvalidArgument("checkpoint", f"{path} is not a torch checkpoint ({type(exc).__name__}: {why})") from None
     missing = [k for k in ("config", "epoch", "method", "history") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise InvalidArgument("checkpoint", f"{path} is not a chiploop training checkpoint (no {', '.join(missing)})")
@@ -310,12 +354,16 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
             w.writerow(row)
 
 
-def _tensorboard(out: Path):
+def _tensorboard(out: Path, purge_step: int | None = None):
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional at run time
     except ImportError:  # pragma: no cover - tensorboard is a dependency, but keep training without it
         return None
-    return SummaryWriter(str(out / TENSORBOARD))
+    try:
+        return SummaryWriter(str(out / TENSORBOARD), purge_step=purge_step)
+    except OSError as exc:  # a full disk: the curves are not worth the run (metrics.csv has them too)
+        print(f"chiploop train: no TensorBoard curves ({exc.strerror or exc})", file=sys.stderr)
+        return None
 
 
 def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | None = None) -> TrainResult:
@@ -325,6 +373,7 @@ def train(cfg: TrainConfig, chip: Chip | None = None, stop: threading.Event | No
     progress, writes a checkpoint there and raises ``RunStopped``."""
     cfg.check().check_applies()
     check_out(cfg)
+    check_resumable(cfg)  # a damaged checkpoint is refused before the data loads and a daemon starts
     resolve_device(cfg.device)  # before the chip: a device torch cannot use costs no daemon start
     initial_model = _initial_model(cfg)  # so does a bad checkpoint
     with contextlib.ExitStack() as stack:
@@ -412,7 +461,12 @@ def _train(
         method.setup(calib)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     augment = Augment(cfg.shift, cfg.drop) if cfg.augment else None
-    writer = _tensorboard(out)
+    # A resumed session's iterations start after the checkpoint's: points an earlier session wrote
+    # past it (before it was killed) are hidden, so no step shows twice.
+    first_iteration = start_epoch * num_batches(len(train_idx), cfg.batch_size) + 1
+    if resumed_in is not None:
+        first_iteration = resumed_in.epoch * num_batches(len(train_idx), cfg.batch_size) + resumed_in.batches + 1
+    writer = _tensorboard(out, purge_step=first_iteration if _resumes(cfg) else None)
     final: EvalResult | None = None
 
     def save_inside_epoch(progress: EpochProgress, epoch: int, t_epoch: float) -> float:
@@ -472,7 +526,7 @@ def _train(
                             raise RunStopped(ckpt_path, f"after batch {progress.batches} of {total} in epoch {epoch + 1}")
                 method.prepare_export(calib)
                 final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
-            except RunStopped:
+            except (RunStopped, CheckpointNotWritten):  # the latter: saving again would fail the same way
                 raise
             except Exception:
                 # A failure between steps (a sample that cannot be decoded, the chip gone while
@@ -517,6 +571,7 @@ def _train(
             writer.close()
     seconds = time.perf_counter() - started
     if final is None:  # nothing left to train (a finished run resumed): evaluate what is there
+        _write_metrics(out / "metrics.csv", history)  # from the checkpoint: the file may be cut or gone
         method.prepare_export(calib)
         final = evaluate(method, ds, val_idx, chip if cfg.chip_eval else None, batch_size=100)
         seconds = previous_s  # the run's time: measuring it again is not training it
