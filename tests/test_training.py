@@ -206,7 +206,12 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line_and_leaves
 
     out = tmp_path / "run"
     args = ["train", *tiny_cli_args(daemon, 16), "--method", "bptt", "--out", str(out)]
-    assert main([*args, "--epochs", "1"]) == 0
+    (out / "checkpoint.tmp").mkdir(parents=True)  # the first checkpoint fails: no records are left without one
+    assert main([*args, "--epochs", "1"]) == 1
+    assert "none was written yet: make room, then run the same command again" in capsys.readouterr().err
+    assert not (out / "metrics.csv").exists() and not (out / "checkpoint.pt").exists()
+    (out / "checkpoint.tmp").rmdir()
+    assert main([*args, "--epochs", "1"]) == 0  # the same command, as it said
     (out / "checkpoint.tmp").mkdir()
     assert main([*args, "--epochs", "2", "--resume"]) == 1
     err = capsys.readouterr().err

@@ -170,6 +170,8 @@ class Daemon:
             time.sleep(0.05)
             if abort is not None and abort():
                 raise _Aborted
+        if self._stopped.is_set():  # stop() from another thread meanwhile: never announce serving
+            raise _Aborted
         if failed:
             raise failed[0]
 

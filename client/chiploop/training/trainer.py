@@ -304,9 +304,13 @@ def _save_checkpoint(
             tmp.unlink()  # a partial file would keep a full disk full
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        then = (
+            "the last one written stands: make room, then the same command with --resume continues from it"
+            if path.is_file()
+            else "none was written yet: make room, then run the same command again"
+        )
         raise CheckpointNotWritten(
-            f"cannot write the checkpoint {path} ({why}; {free / 2**20:.0f} MiB free there); the last one "
-            "written stands: make room, then the same command with --resume continues from it"
+            f"cannot write the checkpoint {path} ({why}; {free / 2**20:.0f} MiB free there); {then}"
         ) from None
 
 
@@ -551,13 +555,15 @@ def _train(
                 "iterations": progress.batches,
             }
             history.append(row)
+            # The checkpoint first: records without one would make the folder unresumable (check_out),
+            # and a resume writes metrics.csv again from the checkpoint's history.
+            _save_checkpoint(ckpt_path, cfg, data, epoch, method, history, time.perf_counter() - started)
             _write_metrics(out / "metrics.csv", history)
             if writer is not None:
                 for key, value in row.items():
                     if key != "epoch" and value is not None:
                         writer.add_scalar(key, value, epoch)
                 writer.flush()
-            _save_checkpoint(ckpt_path, cfg, data, epoch, method, history, time.perf_counter() - started)
             if cfg.progress:
                 chip_txt = "" if final.chip is None else f", chip {100 * final.chip:.1f}%"
                 tqdm.write(
