@@ -33,7 +33,7 @@ from chiploop.errors import BackendUnavailable
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
 
 FOLDER_PREFIX = "chiploop-daemon-"
-#: In each temporary folder: the pid of the process that made it (its daemon's parent).
+#: In each temporary folder: locked while the folder is in use (see hold_folder); holds its maker's pid.
 OWNER_FILE = "owner"
 
 
@@ -199,7 +199,7 @@ def remove_orphaned_folders(root: str | os.PathLike | None = None) -> None:
     killed by SIGKILL, and then its daemon): no process holds their lock any more."""
     for folder in Path(root or tempfile.gettempdir()).glob(FOLDER_PREFIX + "*"):
         try:
-            with open(folder / OWNER_FILE, "rb") as owner:  # noqa: SIM115
+            with open(folder / OWNER_FILE, "rb") as owner:
                 fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 shutil.rmtree(folder, ignore_errors=True)  # under the lock: no one can take it meanwhile
         except OSError:
