@@ -99,7 +99,7 @@ def own_address() -> str:
     from chiploop_server import config
 
     host, _, port = config.load({}).address.rpartition(":")
-    return f"{'127.0.0.1' if host in ('0.0.0.0', '') else '[::1]' if host == '[::]' else host}:{port}"
+    return f"{config.reachable_host(host)}:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:

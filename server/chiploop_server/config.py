@@ -176,6 +176,11 @@ def from_file(path: str | os.PathLike) -> dict[str, Any]:
     return from_mapping({**data, **table}, str(path))
 
 
+def reachable_host(host: str) -> str:
+    """The host to ask, from this machine, for a daemon listening on ``host``: a wildcard on loopback."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+
+
 def unknown_env(env: Mapping[str, str]) -> list[str]:
     """The CHIPLOOP_* names in ``env`` that are neither a setting's nor the client's (typos, most likely)."""
     known = {ENV_PREFIX + name.upper() for name in _FIELDS} | set(OTHER_ENV)
@@ -197,17 +202,18 @@ def load(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None =
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     config_file = flags.pop("config", None) or env.get(ENV_CONFIG) or None
     merged: dict[str, Any] = {}
-    source: dict[str, str] = {}  # where each setting came from, for a refusal of its value
-    layers = [(from_file(config_file), f"{config_file}: ")] if config_file else []
-    layers += [(from_env(env), ENV_PREFIX), (from_mapping(flags, "flag"), "flag --")]
-    for values, where in layers:
+    source: dict[str, str] = {}  # each setting as its source names it, for a refusal of its value
+    layers = [(from_file(config_file), lambda name: f"{config_file}: {name}")] if config_file else []
+    layers += [
+        (from_env(env), lambda name: ENV_PREFIX + name.upper()),
+        (from_mapping(flags, "flag"), lambda name: "flag --" + name.replace("_", "-")),
+    ]
+    for values, named in layers:
         merged.update(values)
-        source.update({name: where for name in values})
+        source.update({name: named(name) for name in values})
     try:
         return replace(DaemonConfig(), **merged).check()
     except InvalidArgument as exc:
-        where = source.get(exc.field)
-        if where is None:
+        if exc.field not in source:
             raise
-        name = exc.field.upper() if where == ENV_PREFIX else exc.field.replace("_", "-") if where == "flag --" else exc.field
-        raise InvalidArgument(f"{where}{name}", exc.reason) from None
+        raise InvalidArgument(source[exc.field], exc.reason) from None

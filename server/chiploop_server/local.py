@@ -29,6 +29,8 @@ from typing import IO
 
 from chiploop.errors import BackendUnavailable
 
+from chiploop_server.config import reachable_host
+
 #: Raised thresholds: big message buffers stay in the heap instead of being mmapped afresh each time.
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
 
@@ -64,8 +66,7 @@ class LocalDaemon:
     def address(self) -> str:
         if self.port is None:
             raise BackendUnavailable("the local daemon is not running")
-        host = self.bind.rpartition(":")[0]
-        return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}"
+        return f"{reachable_host(self.bind.rpartition(':')[0])}:{self.port}"
 
     @property
     def log_path(self) -> Path:
