@@ -39,6 +39,9 @@ class _Kind:
     opened: float  # when the window of this kind opened (its first logged refusal)
     repeats: int = 0  # refusals since then that were not logged
 
+    def open_at(self, now: float, window_s: float) -> bool:
+        return now - self.opened < window_s
+
 
 class RefusalLog:
     """Logs refusals and internal errors, each kind once a window, and how often it repeated."""
@@ -72,7 +75,7 @@ class RefusalLog:
         evicted = None
         with self._lock:
             kind = self._kinds.get(key)
-            if kind is None or now - kind.opened >= self.window_s:
+            if kind is None or not kind.open_at(now, self.window_s):
                 opened = self._windows_opened.setdefault(key[:2], deque())
                 while opened and now - opened[0] >= self.window_s:
                     opened.popleft()
@@ -82,7 +85,7 @@ class RefusalLog:
                     kind = self._kinds.get(key)
                 else:
                     opened.append(now)
-            if kind is not None and now - kind.opened < self.window_s:
+            if kind is not None and kind.open_at(now, self.window_s):
                 kind.repeats += 1
                 say = False
             else:
@@ -109,7 +112,7 @@ class RefusalLog:
         now = self.clock()
         with self._lock:
             closed = [
-                (key, kind) for key, kind in self._kinds.items() if everything or now - kind.opened >= self.window_s
+                (key, kind) for key, kind in self._kinds.items() if everything or not kind.open_at(now, self.window_s)
             ]
             for key, _ in closed:
                 del self._kinds[key]

@@ -467,10 +467,9 @@ def _train(
     augment = Augment(cfg.shift, cfg.drop) if cfg.augment else None
     # A resumed session's iterations start after the checkpoint's: points an earlier session wrote
     # past it (before it was killed) are hidden, so no step shows twice.
-    first_iteration = start_epoch * num_batches(len(train_idx), cfg.batch_size) + 1
-    if resumed_in is not None:
-        first_iteration = resumed_in.epoch * num_batches(len(train_idx), cfg.batch_size) + resumed_in.batches + 1
-    writer = _tensorboard(out, purge_step=first_iteration if _resumes(cfg) else None)
+    total = num_batches(len(train_idx), cfg.batch_size)  # an epoch's
+    iterations_before = start_epoch * total if resumed_in is None else resumed_in.epoch * total + resumed_in.batches
+    writer = _tensorboard(out, purge_step=iterations_before + 1 if _resumes(cfg) else None)
     final: EvalResult | None = None
 
     def save_inside_epoch(progress: EpochProgress, epoch: int, t_epoch: float) -> float:
@@ -495,7 +494,6 @@ def _train(
                 ds, train_idx, readout, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, augment=augment,
                 skip=progress.batches, input_layer=method.input_layer,
             )
-            total = num_batches(len(train_idx), cfg.batch_size)
             bar = tqdm(
                 batches,
                 total=total,

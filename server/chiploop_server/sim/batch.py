@@ -141,9 +141,9 @@ def run_batch(
     c, y, x, t = c[kept], y[kept], x[kept], np.ascontiguousarray(events["t"][kept])
     # Leak ticks run up to every input event, the dropped ones too: the chip's leak clock does not
     # depend on the input stage's filter (and a stream session, fed the same events, does the same).
-    ends = offsets[1:]
+    nonempty = offsets[1:] > offsets[:-1]
     last_t = np.full(n, -1, np.int64)
-    last_t[ends > offsets[:-1]] = events["t"][ends[ends > offsets[:-1]] - 1]
+    last_t[nonempty] = events["t"][offsets[1:][nonempty] - 1]
     tick_until = np.maximum(last_t, readout.t_end_us - 1)
 
     cnt_ofs, cnt_shapes, cnt_size = count_layout(net, readout)
